@@ -1,0 +1,21 @@
+"""attnlab: attention kernels (softmax, expressive, squared, ...) and their approximations.
+
+``import attnlab`` imports torch and numpy only; integrations load on demand.
+"""
+
+from . import backends, kernels
+from .functional import attention, expressive_attention
+from .kernels import available_kernels, get_kernel, register_kernel
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "__version__",
+    "attention",
+    "available_kernels",
+    "backends",
+    "expressive_attention",
+    "get_kernel",
+    "kernels",
+    "register_kernel",
+]

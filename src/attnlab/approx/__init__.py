@@ -1,0 +1,1 @@
+"""Approximations of attention: value-aware oracles, sparse and feature-map methods."""

@@ -1,0 +1,102 @@
+"""What every backend shares: the canonical problem layout and the weight formula on a tile.
+
+Backends receive a :class:`Problem` in the canonical 5-D layout, in which grouped-query
+attention is a broadcast instead of a copy:
+
+    q (N, H_kv, G, L, D)    k (N, H_kv, 1, S, D)    v (N, H_kv, 1, S, D_v)
+    mask: None or bool, broadcastable to (N, H_kv, G, L, S), True = may attend
+
+N flattens the leading batch dims, G = H_q // H_kv. ``is_causal`` means query i sees keys
+j <= i (top-left alignment, as torch's SDPA documents it).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from ..kernels import Kernel
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One validated attention call in the canonical layout (see the module docstring)."""
+
+    q: Tensor
+    k: Tensor
+    v: Tensor
+    mask: Tensor | None
+    kernel: Kernel
+    is_causal: bool
+    scale: float
+    eps: float
+
+    @property
+    def compute_dtype(self) -> torch.dtype:
+        """float64 inputs compute in float64; everything else accumulates in float32."""
+        return torch.float64 if self.q.dtype == torch.float64 else torch.float32
+
+
+def causal_visible(q_start: int, q_end: int, k_end: int, device: torch.device) -> Tensor:
+    """Bool (q_end - q_start, k_end): query i may see key j iff j <= i (top-left aligned)."""
+    rows = torch.arange(q_start, q_end, device=device)[:, None]
+    return torch.arange(k_end, device=device)[None, :] <= rows
+
+
+def combine_visible(mask: Tensor | None, causal: Tensor | None) -> Tensor | None:
+    """AND of a user mask and a causal mask, either of which may be absent."""
+    if mask is None:
+        return causal
+    if causal is None:
+        return mask
+    return mask & causal
+
+
+def tile_weights(
+    kernel: Kernel, s: Tensor, visible: Tensor | None, row_max: Tensor | None = None
+) -> tuple[Tensor, Tensor | None]:
+    """Unnormalized kernel weights of a score tile, zero where not visible.
+
+    For the exponential kernel the scores are shifted by the row maximum over visible keys
+    (computed here unless ``row_max`` is given; a row with no visible key uses 0). Masked
+    scores never enter a non-exponential kernel as -inf: their weight is zeroed after f.
+
+    Returns:
+        (weights, row_max): row_max is None for non-exponential kernels.
+    """
+    if kernel.exponential:
+        if visible is not None:
+            s = s.masked_fill(~visible, float("-inf"))
+        if row_max is None:
+            if s.shape[-1] == 0:
+                row_max = s.new_zeros((*s.shape[:-1], 1))
+            else:
+                row_max = s.amax(dim=-1, keepdim=True)
+                row_max = torch.where(torch.isfinite(row_max), row_max, 0.0)
+        return kernel.weights(s - row_max), row_max
+    a = kernel.weights(s)
+    if visible is not None:
+        a = torch.where(visible, a, 0.0)
+    return a, None
+
+
+def normalizer(kernel: Kernel, row_sum: Tensor, eps: float) -> Tensor:
+    """The denominator of each row: sum + eps (sum alone for softmax), with 0 replaced by 1 so
+    that a row without weight gives a zero output and finite gradients."""
+    z = row_sum if kernel.exponential else row_sum + eps
+    return torch.where(z > 0, z, 1.0)
+
+
+# Tests set this (see tests/conftest.py) so that any output element a backend forgets to write
+# is NaN and fails loudly, instead of holding whatever the allocator left there.
+FILL_FRESH_WITH_NAN = False
+
+
+def fresh(shape: tuple[int, ...], like: Tensor, dtype: torch.dtype | None = None) -> Tensor:
+    """An uninitialized tensor for a backend to fill (NaN-filled under the test switch)."""
+    dtype = dtype or like.dtype
+    if FILL_FRESH_WITH_NAN:
+        return torch.full(shape, float("nan"), dtype=dtype, device=like.device)
+    return torch.empty(shape, dtype=dtype, device=like.device)

@@ -1,0 +1,150 @@
+"""The chunked backend: exact attention in tiles, with O(tile) extra memory in both passes.
+
+Queries are processed in blocks (and batch/heads in groups) so that one score tile holds about
+``tile_elements`` numbers; the full (L, S) matrix never exists. A custom autograd Function saves
+only q, k, v, the output and one normalizer (plus the row maximum for softmax) per query, and
+recomputes each tile's scores in backward, as FlashAttention does. Under ``is_causal`` a query
+block only visits the keys it can see, so causal attention costs about half.
+
+Every kernel works here: the forward calls :meth:`Kernel.weights`, the backward
+:meth:`Kernel.weights_vjp`. With o = sum_j a_j v_j / Z and D = dO . o per query::
+
+    dv_j += p_j dO,    ds_j = f'(s_j) (dO . v_j - D) / Z    (softmax: p_j (dO . v_j - D))
+    dq   = scale * ds @ k,    dk += scale * ds^T @ q
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import torch
+from torch import Tensor
+from torch.autograd.function import once_differentiable
+
+from ..kernels import Kernel
+from ._common import Problem, causal_visible, combine_visible, fresh, normalizer, tile_weights
+
+#: Default number of score elements in one tile (fp32: 8 MiB).
+DEFAULT_TILE_ELEMENTS = 1 << 21
+
+
+def _tiles(
+    shape: tuple[int, int, int, int, int], causal: bool, tile_elements: int, block_q: int | None
+) -> Iterator[tuple[slice, slice, int, int, int]]:
+    """Yield (batch slice, head slice, q_start, q_end, k_end) covering (N, H, G, L, S)."""
+    N, H, G, L, S = shape
+    per_query = max(1, G * S)
+    bq = block_q or max(1, min(L, tile_elements // per_query))
+    bh = max(1, min(H, tile_elements // (per_query * bq)))
+    bn = max(1, min(N, tile_elements // (per_query * bq * H))) if bh == H else 1
+    for n0 in range(0, N, bn):
+        for h0 in range(0, H, bh):
+            for i0 in range(0, L, bq):
+                i1 = min(L, i0 + bq)
+                k_end = min(S, i1) if causal else S
+                yield slice(n0, n0 + bn), slice(h0, h0 + bh), i0, i1, k_end
+
+
+def _visible(
+    mask: Tensor | None, causal: bool, ns: slice, hs: slice, i0: int, i1: int, k_end: int,
+    device: torch.device,
+) -> Tensor | None:
+    """The visibility of one tile: the user mask's slice AND the causal triangle."""
+    tile_mask = None
+    if mask is not None:
+        full = slice(None)
+        tile_mask = mask[
+            ns if mask.shape[0] > 1 else full,
+            hs if mask.shape[1] > 1 else full,
+            full,
+            slice(i0, i1) if mask.shape[3] > 1 else full,
+            slice(0, k_end) if mask.shape[4] > 1 else full,
+        ]
+    # Only a tile the diagonal crosses needs the triangle: below it every key is visible.
+    tri = causal_visible(i0, i1, k_end, device) if causal and k_end - 1 > i0 else None
+    return combine_visible(tile_mask, tri)
+
+
+class _ChunkedAttention(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, q, k, v, mask, kernel: Kernel, causal, scale, eps, tile_elements, block_q):
+        dtype = torch.float64 if q.dtype == torch.float64 else torch.float32
+        qs = q.to(dtype) * scale
+        kc, vc = k.to(dtype), v.to(dtype)
+        N, H, G, L, _ = q.shape
+        S, Dv = v.shape[-2:]
+        # A column of ones makes the row sums of the weights fall out of the same matmul.
+        v_ones = torch.cat([vc, vc.new_ones((*vc.shape[:-1], 1))], dim=-1)
+        out = fresh((N, H, G, L, Dv), q, dtype)
+        z = fresh((N, H, G, L, 1), q, dtype)
+        row_max = fresh((N, H, G, L, 1), q, dtype) if kernel.exponential else None
+        for ns, hs, i0, i1, k_end in _tiles((N, H, G, L, S), causal, tile_elements, block_q):
+            s = qs[ns, hs, :, i0:i1] @ kc[ns, hs, :, :k_end].transpose(-1, -2)
+            visible = _visible(mask, causal, ns, hs, i0, i1, k_end, q.device)
+            a, rm = tile_weights(kernel, s, visible)
+            acc = a @ v_ones[ns, hs, :, :k_end]
+            zt = normalizer(kernel, acc[..., -1:], eps)
+            out[ns, hs, :, i0:i1] = acc[..., :-1] / zt
+            z[ns, hs, :, i0:i1] = zt
+            if rm is not None:
+                row_max[ns, hs, :, i0:i1] = rm
+        ctx.save_for_backward(q, k, v, mask, out, z, row_max)
+        ctx.config = (kernel, causal, scale, tile_elements, block_q)
+        return out.to(q.dtype)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_out):
+        q, k, v, mask, out, z, row_max = ctx.saved_tensors
+        kernel, causal, scale, tile_elements, block_q = ctx.config
+        dtype = out.dtype
+        qs = q.to(dtype) * scale
+        kc, vc = k.to(dtype), v.to(dtype)
+        d_out = grad_out.to(dtype)
+        delta = (d_out * out).sum(dim=-1, keepdim=True)
+        dq = fresh(qs.shape, q, dtype)
+        dk = torch.zeros_like(kc)
+        dv = torch.zeros_like(vc)
+        N, H, G, L, _ = q.shape
+        S = k.shape[-2]
+        for ns, hs, i0, i1, k_end in _tiles((N, H, G, L, S), causal, tile_elements, block_q):
+            qt, kt, vt = qs[ns, hs, :, i0:i1], kc[ns, hs, :, :k_end], vc[ns, hs, :, :k_end]
+            s = qt @ kt.transpose(-1, -2)
+            visible = _visible(mask, causal, ns, hs, i0, i1, k_end, q.device)
+            rm = None if row_max is None else row_max[ns, hs, :, i0:i1]
+            a, _ = tile_weights(kernel, s, visible, rm)
+            zt = z[ns, hs, :, i0:i1]
+            p = a / zt
+            dot = d_out[ns, hs, :, i0:i1]
+            dv[ns, hs, :, :k_end] += (p.transpose(-1, -2) @ dot).sum(dim=2, keepdim=True)
+            dp = dot @ vt.transpose(-1, -2) - delta[ns, hs, :, i0:i1]
+            if kernel.exponential:
+                ds = p * dp
+            else:
+                ds = kernel.weights_vjp(s, dp / zt)
+                if visible is not None:
+                    ds = torch.where(visible, ds, 0.0)
+            dq[ns, hs, :, i0:i1] = ds @ kt
+            dk[ns, hs, :, :k_end] += (ds.transpose(-1, -2) @ qt).sum(dim=2, keepdim=True)
+        dq = (dq * scale).to(q.dtype)
+        return dq, dk.to(k.dtype), dv.to(v.dtype), None, None, None, None, None, None, None
+
+
+def chunked_attention(
+    problem: Problem, *, tile_elements: int = DEFAULT_TILE_ELEMENTS, block_q: int | None = None
+) -> Tensor:
+    """Attention on a canonical :class:`Problem`, tiled in both passes.
+
+    Args:
+        problem: the validated call.
+        tile_elements: about how many scores one tile holds (sets the extra memory).
+        block_q: queries per tile; by default derived from ``tile_elements``.
+    """
+    if tile_elements < 1:
+        raise ValueError(f"tile_elements must be >= 1, got {tile_elements}")
+    if block_q is not None and block_q < 1:
+        raise ValueError(f"block_q must be >= 1 or None, got {block_q}")
+    p = problem
+    return _ChunkedAttention.apply(
+        p.q, p.k, p.v, p.mask, p.kernel, p.is_causal, p.scale, p.eps, tile_elements, block_q
+    )

@@ -1,0 +1,32 @@
+"""The reference backend: the definition of attnlab's semantics, in a few readable lines.
+
+Every other backend is a faster way to compute what this function computes::
+
+    s = scale * q @ k^T                          (fp32, or fp64 for fp64 inputs)
+    a = f(s), zeroed where a key is not visible  (softmax: exp(s - rowmax) over visible keys)
+    p = a / (sum_j a + eps)                      (softmax: no eps; a row with no weight -> p = 0)
+    o = p @ v
+
+It materializes the (L, S) weights, so it can return them, and it is differentiated by
+autograd.
+"""
+
+from __future__ import annotations
+
+from torch import Tensor
+
+from ._common import Problem, causal_visible, combine_visible, normalizer, tile_weights
+
+
+def reference_attention(problem: Problem, return_weights: bool = False) -> tuple[Tensor, Tensor | None]:
+    """Attention on a canonical :class:`Problem`; returns (output, weights or None)."""
+    dtype = problem.compute_dtype
+    q, k, v = (x.to(dtype) for x in (problem.q, problem.k, problem.v))
+    s = (q @ k.transpose(-1, -2)) * problem.scale
+    L, S = s.shape[-2:]
+    causal = causal_visible(0, L, S, s.device) if problem.is_causal else None
+    visible = combine_visible(problem.mask, causal)
+    a, _ = tile_weights(problem.kernel, s, visible)
+    p = a / normalizer(problem.kernel, a.sum(dim=-1, keepdim=True), problem.eps)
+    out = (p @ v).to(problem.q.dtype)
+    return out, (p.to(problem.q.dtype) if return_weights else None)

@@ -1,0 +1,200 @@
+"""Similarity kernels: the map from a score s = scale * q.k to a non-negative weight.
+
+Every backend normalizes the kernel's weights over the keys a query may see::
+
+    o = sum_j f(s_j) v_j / (sum_j f(s_j) + eps)
+
+except the exponential kernel, which is computed with the max-shift and no ``eps`` (it is
+softmax, i.e. dot-product attention). A kernel's formula lives here, once; backends call
+:meth:`Kernel.weights` and :meth:`Kernel.weights_vjp` and never re-derive it.
+
+Users add a kernel by name with :func:`register_kernel`::
+
+    >>> import torch, attnlab
+    >>> cube = attnlab.kernels.register_kernel("abs3", lambda s: s.abs() ** 3)
+    >>> q = k = v = torch.randn(1, 2, 5, 8)
+    >>> attnlab.attention(q, k, v, kernel="abs3").shape
+    torch.Size([1, 2, 5, 8])
+    >>> attnlab.kernels.unregister_kernel("abs3")
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import Tensor
+
+__all__ = [
+    "Kernel",
+    "available_kernels",
+    "get_kernel",
+    "register_kernel",
+    "unregister_kernel",
+]
+
+WeightFn = Callable[[Tensor], Tensor]
+VjpFn = Callable[[Tensor, Tensor], Tensor]
+
+
+class Kernel:
+    """A similarity kernel f: s -> a >= 0, applied elementwise to fp32 scores.
+
+    Args:
+        name: registry name.
+        weights: f(s), out of place, elementwise, non-negative and finite for finite s.
+        vjp: optional closed form of ``grad_a * f'(s)``; when omitted it is taken by autograd
+            through ``weights`` (correct, a little slower).
+        exponential: True only for softmax: backends subtract the row maximum before f and
+            normalize without ``eps``.
+        doc: the one-line formula shown by ``repr``.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        weights: WeightFn,
+        vjp: VjpFn | None = None,
+        *,
+        exponential: bool = False,
+        doc: str = "",
+    ) -> None:
+        self.name = name
+        self._weights = weights
+        self._vjp = vjp
+        self.exponential = exponential
+        self.doc = doc
+
+    def weights(self, s: Tensor) -> Tensor:
+        """f(s) elementwise (for the exponential kernel, pass the max-shifted scores)."""
+        return self._weights(s)
+
+    def weights_vjp(self, s: Tensor, grad_weights: Tensor) -> Tensor:
+        """``grad_weights * f'(s)``: the gradient of the scores given that of the weights."""
+        if self._vjp is not None:
+            return self._vjp(s, grad_weights)
+        with torch.enable_grad():
+            leaf = s.detach().requires_grad_(True)
+            (grad_s,) = torch.autograd.grad(self._weights(leaf), leaf, grad_weights)
+        return grad_s
+
+    def __repr__(self) -> str:
+        return f"Kernel({self.name!r}: {self.doc})" if self.doc else f"Kernel({self.name!r})"
+
+
+# --- the built-in kernels -------------------------------------------------------------------
+
+
+def _ea(s: Tensor) -> Tensor:
+    t = s * s
+    return t / (1.0 + t)
+
+
+def _ea_vjp(s: Tensor, g: Tensor) -> Tensor:
+    # d/ds s^2/(1+s^2) = 2s / (1+s^2)^2
+    d = 1.0 + s * s
+    return g * (2.0 * s) / (d * d)
+
+
+_BUILTINS = [
+    Kernel(
+        "softmax",
+        torch.exp,
+        lambda s, g: g * torch.exp(s),
+        exponential=True,
+        doc="f(s) = exp(s), dot-product attention (DPA), computed with the max-shift",
+    ),
+    Kernel(
+        "expressive",
+        _ea,
+        _ea_vjp,
+        doc="f(s) = s^2 / (1 + s^2), expressive attention (EA, Gros 2024); bounded in [0, 1)",
+    ),
+    Kernel("squared", torch.square, lambda s, g: g * 2.0 * s, doc="f(s) = s^2"),
+    Kernel("relu", torch.relu, lambda s, g: g * (s > 0).to(g.dtype), doc="f(s) = max(s, 0)"),
+    Kernel(
+        "relu2",
+        lambda s: torch.relu(s).square(),
+        lambda s, g: g * 2.0 * torch.relu(s),
+        doc="f(s) = max(s, 0)^2",
+    ),
+]
+
+_REGISTRY: dict[str, Kernel] = {k.name: k for k in _BUILTINS}
+_BUILTIN_NAMES = frozenset(_REGISTRY)
+
+
+def available_kernels() -> list[str]:
+    """Names of the registered kernels, built-ins first."""
+    return list(_REGISTRY)
+
+
+def get_kernel(kernel: str | Kernel) -> Kernel:
+    """Look a kernel up by name (a :class:`Kernel` passes through).
+
+    Raises:
+        TypeError: ``kernel`` is neither a string nor a Kernel.
+        ValueError: no kernel of that name is registered.
+    """
+    if isinstance(kernel, Kernel):
+        return kernel
+    if not isinstance(kernel, str):
+        raise TypeError(f"kernel must be a str or attnlab.kernels.Kernel, got {type(kernel).__name__}")
+    try:
+        return _REGISTRY[kernel]
+    except KeyError:
+        raise ValueError(
+            f"kernel must be one of {available_kernels()}, got {kernel!r}"
+        ) from None
+
+
+def register_kernel(
+    name: str,
+    weights: WeightFn,
+    vjp: VjpFn | None = None,
+    *,
+    doc: str = "",
+    overwrite: bool = False,
+) -> Kernel:
+    """Register a non-exponential kernel f under ``name`` and return it.
+
+    ``weights`` is checked on a grid of scores in [-50, 50]: it must keep the shape and return
+    finite, non-negative values (a negative weight would make the normalizer meaningless).
+
+    Raises:
+        TypeError: ``name`` is not a str or ``weights``/``vjp`` is not callable.
+        ValueError: the name is taken (and ``overwrite`` is False), is a built-in, or
+            ``weights`` fails the check.
+    """
+    if not isinstance(name, str) or not name:
+        raise TypeError(f"name must be a non-empty str, got {name!r}")
+    if not callable(weights):
+        raise TypeError(f"weights must be callable (Tensor -> Tensor), got {type(weights).__name__}")
+    if vjp is not None and not callable(vjp):
+        raise TypeError(f"vjp must be callable or None, got {type(vjp).__name__}")
+    if name in _BUILTIN_NAMES:
+        raise ValueError(f"name {name!r} is a built-in kernel and cannot be replaced")
+    if name in _REGISTRY and not overwrite:
+        raise ValueError(f"name {name!r} is already registered; pass overwrite=True to replace it")
+    grid = torch.linspace(-50.0, 50.0, 1001)
+    out = weights(grid)
+    if not isinstance(out, Tensor) or out.shape != grid.shape:
+        raise ValueError("weights must map a tensor of scores to a tensor of the same shape")
+    if not torch.isfinite(out).all() or (out < 0).any():
+        raise ValueError("weights must be finite and non-negative for scores in [-50, 50]")
+    kernel = Kernel(name, weights, vjp, doc=doc)
+    _REGISTRY[name] = kernel
+    return kernel
+
+
+def unregister_kernel(name: str) -> None:
+    """Remove a user kernel from the registry (built-ins stay).
+
+    Raises:
+        ValueError: ``name`` is a built-in or is not registered.
+    """
+    if name in _BUILTIN_NAMES:
+        raise ValueError(f"name {name!r} is a built-in kernel and cannot be removed")
+    if name not in _REGISTRY:
+        raise ValueError(f"name {name!r} is not a registered kernel")
+    del _REGISTRY[name]
