@@ -1,0 +1,72 @@
+"""Attention test cases: one named shape/mask configuration each, ids like fla's."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(frozen=True)
+class Case:
+    B: int = 2
+    H: int = 2
+    Hkv: int | None = None
+    L: int = 33
+    S: int | None = None
+    D: int = 16
+    Dv: int | None = None
+    causal: bool = False
+    mask: str | None = None  # None | "random" | "padding" | "empty-rows"
+
+    @property
+    def id(self) -> str:
+        parts = [f"B{self.B}", f"H{self.H}"]
+        if self.Hkv:
+            parts.append(f"Hkv{self.Hkv}")
+        parts += [f"L{self.L}", f"S{self.S or self.L}", f"D{self.D}"]
+        if self.Dv:
+            parts.append(f"Dv{self.Dv}")
+        if self.causal:
+            parts.append("causal")
+        if self.mask:
+            parts.append(f"mask-{self.mask}")
+        return "-".join(parts)
+
+    def make(self, dtype=torch.float64, seed: int = 0, requires_grad: bool = False):
+        """(q, k, v, mask) in ``dtype``; q/k scaled so that scores are O(1)-O(3)."""
+        g = torch.Generator().manual_seed(seed)
+        S, Hkv, Dv = self.S or self.L, self.Hkv or self.H, self.Dv or self.D
+        q = torch.randn(self.B, self.H, self.L, self.D, generator=g, dtype=torch.float64) * 1.5
+        k = torch.randn(self.B, Hkv, S, self.D, generator=g, dtype=torch.float64) * 1.5
+        v = torch.randn(self.B, Hkv, S, Dv, generator=g, dtype=torch.float64)
+        mask = None
+        if self.mask == "random":
+            mask = torch.rand(self.B, 1, self.L, S, generator=g) > 0.3
+        elif self.mask == "padding":
+            lengths = torch.randint(1, S + 1, (self.B,), generator=g)
+            mask = (torch.arange(S)[None, :] < lengths[:, None])[:, None, None, :]
+        elif self.mask == "empty-rows":
+            mask = torch.rand(self.B, self.H, self.L, S, generator=g) > 0.5
+            mask[:, :, ::3] = False
+        tensors = [t.to(dtype).requires_grad_(requires_grad) for t in (q, k, v)]
+        return (*tensors, mask)
+
+    @property
+    def gqa(self) -> bool:
+        return bool(self.Hkv) and self.Hkv != self.H
+
+
+CASES = [
+    Case(),
+    Case(causal=True),
+    Case(mask="random"),
+    Case(mask="padding", causal=True),
+    Case(mask="empty-rows"),
+    Case(H=4, Hkv=2, causal=True),
+    Case(H=4, Hkv=1, mask="random"),
+    Case(L=17, S=40, Dv=8),
+    Case(L=40, S=17, causal=True),
+    Case(B=1, H=1, L=1, S=1),
+    Case(B=3, H=1, L=65, D=8, Dv=12, causal=True, mask="random"),
+]

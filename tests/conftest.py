@@ -1,0 +1,19 @@
+"""Shared fixtures: NaN-filled fresh allocations in every backend, seeded generators."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from attnlab.backends import _common
+
+
+@pytest.fixture(autouse=True)
+def _nan_fill_fresh_allocations(monkeypatch):
+    """A backend output element that is never written becomes NaN and fails the comparison."""
+    monkeypatch.setattr(_common, "FILL_FRESH_WITH_NAN", True)
+
+
+@pytest.fixture
+def gen():
+    return torch.Generator().manual_seed(1234)

@@ -1,0 +1,153 @@
+"""Edge cases and invariances that hold for every kernel and backend."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import attnlab
+from attnlab.backends import available_backends, get_backend
+from attnlab.testing import assert_close
+from cases import Case
+
+KERNELS = attnlab.available_kernels()
+PAIRS = [
+    (b, k) for b in available_backends() for k in KERNELS
+    if get_backend(b).supports(attnlab.get_kernel(k))
+]
+
+
+@pytest.mark.parametrize(("backend", "kernel"), PAIRS, ids=lambda x: x)
+def test_fully_masked_rows_give_zero_output_and_finite_grads(backend, kernel):
+    q, k, v = (torch.randn(2, 3, 5, 4, dtype=torch.float64, requires_grad=True) for _ in range(3))
+    mask = torch.ones(2, 3, 5, 5, dtype=torch.bool)
+    mask[0, 1, 2] = False
+    mask[1, :, 4] = False
+    out = attnlab.attention(q, k, v, kernel=kernel, attn_mask=mask, backend=backend)
+    assert (out[0, 1, 2] == 0).all() and (out[1, :, 4] == 0).all()
+    out.square().sum().backward()
+    for t in (q, k, v):
+        assert torch.isfinite(t.grad).all()
+    assert (q.grad[0, 1, 2] == 0).all()
+
+
+@pytest.mark.parametrize(("backend", "kernel"), PAIRS, ids=lambda x: x)
+def test_all_zero_scores(backend, kernel):
+    """q = 0: softmax averages the values uniformly; a kernel with f(0) = 0 returns zeros."""
+    q = torch.zeros(1, 2, 4, 8, dtype=torch.float64, requires_grad=True)
+    k = torch.randn(1, 2, 6, 8, dtype=torch.float64, requires_grad=True)
+    v = torch.randn(1, 2, 6, 3, dtype=torch.float64, requires_grad=True)
+    out = attnlab.attention(q, k, v, kernel=kernel, backend=backend)
+    f0 = float(attnlab.get_kernel(kernel).weights(torch.zeros(1, dtype=torch.float64)))
+    kern = attnlab.get_kernel(kernel)
+    expected = v.mean(-2, keepdim=True).expand_as(out) if kern.exponential else (
+        v.sum(-2, keepdim=True) * f0 / (6 * f0 + 1e-6)).expand_as(out)
+    assert_close(out.detach(), expected.detach())
+    out.sum().backward()
+    assert all(torch.isfinite(t.grad).all() for t in (q, k, v))
+
+
+@pytest.mark.parametrize("backend", ["reference", "chunked"])
+def test_expressive_huge_scores_in_fp16_do_not_overflow(backend):
+    """|q.k| ~ 1e4 would make s^2 overflow fp16 (max 65504); attnlab squares in fp32."""
+    g = torch.Generator().manual_seed(0)
+    q = (torch.randn(1, 2, 9, 16, generator=g) * 40).half().requires_grad_()
+    k = (torch.randn(1, 2, 9, 16, generator=g) * 40).half().requires_grad_()
+    v = torch.randn(1, 2, 9, 16, generator=g).half().requires_grad_()
+    out = attnlab.expressive_attention(q, k, v, backend=backend)
+    ref = attnlab.expressive_attention(q.double(), k.double(), v.double(), backend="reference")
+    assert torch.isfinite(out).all()
+    assert (out.double() - ref).abs().max() < 1e-2
+    out.float().sum().backward()
+    assert all(torch.isfinite(t.grad).all() for t in (q, k, v))
+
+
+@pytest.mark.parametrize(("backend", "kernel"), PAIRS, ids=lambda x: x)
+@pytest.mark.parametrize("shape", [(0, 2, 5, 4), (2, 2, 0, 4)], ids=["empty-batch", "no-queries"])
+def test_empty_inputs(backend, kernel, shape):
+    q = torch.randn(shape, requires_grad=True)
+    k = torch.randn(shape[0], 2, 5, 4)
+    v = torch.randn(shape[0], 2, 5, 3)
+    out = attnlab.attention(q, k, v, kernel=kernel, backend=backend)
+    assert out.shape == (*shape[:-1], 3)
+
+
+@pytest.mark.parametrize(("backend", "kernel"), PAIRS, ids=lambda x: x)
+def test_no_keys_gives_zeros(backend, kernel):
+    q = torch.randn(1, 2, 3, 4, requires_grad=True)
+    k, v = torch.randn(1, 2, 0, 4), torch.randn(1, 2, 0, 5)
+    out = attnlab.attention(q, k, v, kernel=kernel, backend=backend)
+    assert out.shape == (1, 2, 3, 5) and (out == 0).all()
+
+
+@pytest.mark.parametrize("backend", ["reference", "chunked"])
+def test_expressive_is_invariant_under_query_sign(backend):
+    q, k, v, mask = Case(causal=True, mask="random").make()
+    a = attnlab.expressive_attention(q, k, v, attn_mask=mask, backend=backend)
+    b = attnlab.expressive_attention(-q, k, v, attn_mask=mask, backend=backend)
+    assert_close(a, b)
+
+
+@pytest.mark.parametrize("kernel", KERNELS)
+def test_weights_sum_to_one_where_a_key_is_visible(kernel):
+    q, k, v, mask = Case(mask="empty-rows").make()
+    _, w = attnlab.attention(q, k, v, kernel=kernel, attn_mask=mask, return_weights=True)
+    sums = w.sum(-1)
+    has_key = mask.any(-1)
+    # The eps in the normalizer moves a sum by eps / sum(a), under 1e-4 for these scores.
+    assert torch.allclose(sums[has_key], torch.ones_like(sums[has_key]), atol=1e-4)
+    assert (sums[~has_key] == 0).all()
+    assert (w[~mask.expand_as(w)] == 0).all()
+
+
+@pytest.mark.parametrize(("backend", "kernel"), PAIRS, ids=lambda x: x)
+def test_causal_equals_explicit_triangular_mask(backend, kernel):
+    q, k, v, _ = Case(L=19, S=23).make()
+    tri = torch.ones(19, 23, dtype=torch.bool).tril()
+    a = attnlab.attention(q, k, v, kernel=kernel, is_causal=True, backend=backend)
+    b = attnlab.attention(q, k, v, kernel=kernel, attn_mask=tri, backend=backend)
+    assert_close(a, b)
+
+
+@pytest.mark.parametrize(("backend", "kernel"), PAIRS, ids=lambda x: x)
+def test_gqa_equals_repeated_key_value_heads(backend, kernel):
+    q, k, v, mask = Case(H=6, Hkv=2, mask="random", causal=True).make()
+    a = attnlab.attention(q, k, v, kernel=kernel, attn_mask=mask, is_causal=True, enable_gqa=True,
+                          backend=backend)
+    kr, vr = (x.repeat_interleave(3, dim=1) for x in (k, v))
+    b = attnlab.attention(q, kr, vr, kernel=kernel, attn_mask=mask, is_causal=True, backend=backend)
+    assert_close(a, b)
+
+
+@pytest.mark.parametrize(("backend", "kernel"), PAIRS, ids=lambda x: x)
+def test_padded_batch_equals_per_sequence(backend, kernel):
+    g = torch.Generator().manual_seed(3)
+    lengths = [5, 9, 2]
+    q, k, v = (torch.randn(3, 2, 9, 8, generator=g, dtype=torch.float64) for _ in range(3))
+    pad = (torch.arange(9)[None, :] < torch.tensor(lengths)[:, None])[:, None, None, :]
+    out = attnlab.attention(q, k, v, kernel=kernel, attn_mask=pad, is_causal=True, backend=backend)
+    for b, n in enumerate(lengths):
+        alone = attnlab.attention(q[b:b + 1, :, :n], k[b:b + 1, :, :n], v[b:b + 1, :, :n],
+                                  kernel=kernel, is_causal=True, backend=backend)
+        assert_close(out[b:b + 1, :, :n], alone)
+
+
+def test_leading_batch_dims_and_2d_inputs():
+    q, k, v = (torch.randn(2, 3, 4, 5, 8, dtype=torch.float64) for _ in range(3))
+    mask = torch.rand(3, 1, 5, 5) > 0.2
+    for backend in available_backends():
+        out = attnlab.attention(q, k, v, attn_mask=mask, backend=backend)
+        flat = attnlab.attention(q.flatten(0, 1), k.flatten(0, 1), v.flatten(0, 1),
+                                 attn_mask=mask.repeat(2, 1, 1, 1), backend=backend)
+        assert_close(out.flatten(0, 1), flat)
+    out2d = attnlab.attention(q[0, 0, 0], k[0, 0, 0], v[0, 0, 0], kernel="expressive")
+    assert out2d.shape == (5, 8)
+    assert_close(out2d, attnlab.attention(q[0, 0, :1], k[0, 0, :1], v[0, 0, :1], kernel="expressive")[0])
+
+
+def test_auto_resolution():
+    from attnlab.backends import resolve_backend
+    assert resolve_backend(attnlab.get_kernel("softmax")).name == "sdpa"
+    for kernel in ["expressive", "squared", "relu", "relu2"]:
+        assert resolve_backend(attnlab.get_kernel(kernel)).name == "chunked"
+    assert resolve_backend(attnlab.get_kernel("expressive"), return_weights=True).name == "reference"
