@@ -45,6 +45,8 @@ class Kernel:
         weights: f(s), out of place, elementwise, non-negative and finite for finite s.
         vjp: optional closed form of ``grad_a * f'(s)``; when omitted it is taken by autograd
             through ``weights`` (correct, a little slower).
+        weights_: optional in-place f (overwrites and returns its argument); backends that own
+            their score buffers use it to save memory passes. Defaults to ``weights``.
         exponential: True only for softmax: backends subtract the row maximum before f and
             normalize without ``eps``.
         doc: the one-line formula shown by ``repr``.
@@ -56,18 +58,24 @@ class Kernel:
         weights: WeightFn,
         vjp: VjpFn | None = None,
         *,
+        weights_: WeightFn | None = None,
         exponential: bool = False,
         doc: str = "",
     ) -> None:
         self.name = name
         self._weights = weights
         self._vjp = vjp
+        self._weights_ = weights_
         self.exponential = exponential
         self.doc = doc
 
     def weights(self, s: Tensor) -> Tensor:
         """f(s) elementwise (for the exponential kernel, pass the max-shifted scores)."""
         return self._weights(s)
+
+    def weights_(self, s: Tensor) -> Tensor:
+        """f(s) computed in place where the kernel knows how (``s`` is overwritten); no autograd."""
+        return self._weights_(s) if self._weights_ is not None else self._weights(s)
 
     def weights_vjp(self, s: Tensor, grad_weights: Tensor) -> Tensor:
         """``grad_weights * f'(s)``: the gradient of the scores given that of the weights."""
@@ -90,6 +98,12 @@ def _ea(s: Tensor) -> Tensor:
     return t / (1.0 + t)
 
 
+def _ea_(s: Tensor) -> Tensor:
+    # s^2 / (1 + s^2) = 1 / (1 + 1/s^2): four in-place passes, exact at s = 0 (1/inf = 0) and
+    # without the cancellation of 1 - 1/(1 + s^2) for small s.
+    return s.square_().reciprocal_().add_(1.0).reciprocal_()
+
+
 def _ea_vjp(s: Tensor, g: Tensor) -> Tensor:
     # d/ds s^2/(1+s^2) = 2s / (1+s^2)^2
     d = 1.0 + s * s
@@ -101,6 +115,7 @@ _BUILTINS = [
         "softmax",
         torch.exp,
         lambda s, g: g * torch.exp(s),
+        weights_=torch.exp_,
         exponential=True,
         doc="f(s) = exp(s), dot-product attention (DPA), computed with the max-shift",
     ),
@@ -108,14 +123,18 @@ _BUILTINS = [
         "expressive",
         _ea,
         _ea_vjp,
+        weights_=_ea_,
         doc="f(s) = s^2 / (1 + s^2), expressive attention (EA, Gros 2024); bounded in [0, 1)",
     ),
-    Kernel("squared", torch.square, lambda s, g: g * 2.0 * s, doc="f(s) = s^2"),
-    Kernel("relu", torch.relu, lambda s, g: g * (s > 0).to(g.dtype), doc="f(s) = max(s, 0)"),
+    Kernel("squared", torch.square, lambda s, g: g * 2.0 * s, weights_=torch.square_, doc="f(s) = s^2"),
+    Kernel(
+        "relu", torch.relu, lambda s, g: g * (s > 0).to(g.dtype), weights_=torch.relu_, doc="f(s) = max(s, 0)"
+    ),
     Kernel(
         "relu2",
         lambda s: torch.relu(s).square(),
         lambda s, g: g * 2.0 * torch.relu(s),
+        weights_=lambda s: s.relu_().square_(),
         doc="f(s) = max(s, 0)^2",
     ),
 ]

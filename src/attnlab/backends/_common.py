@@ -55,27 +55,33 @@ def combine_visible(mask: Tensor | None, causal: Tensor | None) -> Tensor | None
 
 
 def tile_weights(
-    kernel: Kernel, s: Tensor, visible: Tensor | None, row_max: Tensor | None = None
+    kernel: Kernel, s: Tensor, visible: Tensor | None, row_max: Tensor | None = None, *, inplace: bool = False
 ) -> tuple[Tensor, Tensor | None]:
     """Unnormalized kernel weights of a score tile, zero where not visible.
 
     For the exponential kernel the scores are shifted by the row maximum over visible keys
     (computed here unless ``row_max`` is given; a row with no visible key uses 0). Masked
     scores never enter a non-exponential kernel as -inf: their weight is zeroed after f.
+    ``inplace=True`` overwrites ``s`` (for backends that own the buffer, outside autograd).
 
     Returns:
         (weights, row_max): row_max is None for non-exponential kernels.
     """
     if kernel.exponential:
         if visible is not None:
-            s = s.masked_fill(~visible, float("-inf"))
+            s = s.masked_fill_(~visible, float("-inf")) if inplace else s.masked_fill(~visible, float("-inf"))
         if row_max is None:
             if s.shape[-1] == 0:
                 row_max = s.new_zeros((*s.shape[:-1], 1))
             else:
                 row_max = s.amax(dim=-1, keepdim=True)
                 row_max = torch.where(torch.isfinite(row_max), row_max, 0.0)
+        if inplace:
+            return kernel.weights_(s.sub_(row_max)), row_max
         return kernel.weights(s - row_max), row_max
+    if inplace:
+        a = kernel.weights_(s)
+        return (a.mul_(visible) if visible is not None else a), None
     a = kernel.weights(s)
     if visible is not None:
         a = torch.where(visible, a, 0.0)

@@ -81,7 +81,7 @@ class _ChunkedAttention(torch.autograd.Function):
         for ns, hs, i0, i1, k_end in _tiles((N, H, G, L, S), causal, tile_elements, block_q):
             s = qs[ns, hs, :, i0:i1] @ kc[ns, hs, :, :k_end].transpose(-1, -2)
             visible = _visible(mask, causal, ns, hs, i0, i1, k_end, q.device)
-            a, rm = tile_weights(kernel, s, visible)
+            a, rm = tile_weights(kernel, s, visible, inplace=True)
             acc = a @ v_ones[ns, hs, :, :k_end]
             zt = normalizer(kernel, acc[..., -1:], eps)
             out[ns, hs, :, i0:i1] = acc[..., :-1] / zt
@@ -112,7 +112,7 @@ class _ChunkedAttention(torch.autograd.Function):
             s = qt @ kt.transpose(-1, -2)
             visible = _visible(mask, causal, ns, hs, i0, i1, k_end, q.device)
             rm = None if row_max is None else row_max[ns, hs, :, i0:i1]
-            a, _ = tile_weights(kernel, s, visible, rm)
+            a, _ = tile_weights(kernel, s, visible, rm, inplace=kernel.exponential)
             zt = z[ns, hs, :, i0:i1]
             p = a / zt
             dot = d_out[ns, hs, :, i0:i1]
