@@ -54,6 +54,27 @@ def combine_visible(mask: Tensor | None, causal: Tensor | None) -> Tensor | None
     return mask & causal
 
 
+def tile_visible(
+    mask: Tensor | None, causal: bool, ns: slice, hs: slice, i0: int, i1: int, k_end: int,
+    device: torch.device,
+) -> Tensor | None:
+    """The visibility of the tile (batch ns, heads hs, queries i0:i1, keys 0:k_end) of a canonical
+    5-D mask: the mask's slice (broadcast dims stay 1) AND the causal triangle, or None."""
+    tile_mask = None
+    if mask is not None:
+        full = slice(None)
+        tile_mask = mask[
+            ns if mask.shape[0] > 1 else full,
+            hs if mask.shape[1] > 1 else full,
+            full,
+            slice(i0, i1) if mask.shape[3] > 1 else full,
+            slice(0, k_end) if mask.shape[4] > 1 else full,
+        ]
+    # Only a tile the diagonal crosses needs the triangle: below it every key is visible.
+    tri = causal_visible(i0, i1, k_end, device) if causal and k_end - 1 > i0 else None
+    return combine_visible(tile_mask, tri)
+
+
 def tile_weights(
     kernel: Kernel, s: Tensor, visible: Tensor | None, row_max: Tensor | None = None, *, inplace: bool = False
 ) -> tuple[Tensor, Tensor | None]:

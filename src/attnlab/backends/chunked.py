@@ -22,7 +22,7 @@ from torch import Tensor
 from torch.autograd.function import once_differentiable
 
 from ..kernels import Kernel
-from ._common import Problem, causal_visible, combine_visible, fresh, normalizer, tile_weights
+from ._common import Problem, fresh, normalizer, tile_visible, tile_weights
 
 #: Default number of score elements in one tile (fp32: 8 MiB).
 DEFAULT_TILE_ELEMENTS = 1 << 21
@@ -45,26 +45,6 @@ def _tiles(
                 yield slice(n0, n0 + bn), slice(h0, h0 + bh), i0, i1, k_end
 
 
-def _visible(
-    mask: Tensor | None, causal: bool, ns: slice, hs: slice, i0: int, i1: int, k_end: int,
-    device: torch.device,
-) -> Tensor | None:
-    """The visibility of one tile: the user mask's slice AND the causal triangle."""
-    tile_mask = None
-    if mask is not None:
-        full = slice(None)
-        tile_mask = mask[
-            ns if mask.shape[0] > 1 else full,
-            hs if mask.shape[1] > 1 else full,
-            full,
-            slice(i0, i1) if mask.shape[3] > 1 else full,
-            slice(0, k_end) if mask.shape[4] > 1 else full,
-        ]
-    # Only a tile the diagonal crosses needs the triangle: below it every key is visible.
-    tri = causal_visible(i0, i1, k_end, device) if causal and k_end - 1 > i0 else None
-    return combine_visible(tile_mask, tri)
-
-
 class _ChunkedAttention(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q, k, v, mask, kernel: Kernel, causal, scale, eps, tile_elements, block_q):
@@ -80,7 +60,7 @@ class _ChunkedAttention(torch.autograd.Function):
         row_max = fresh((N, H, G, L, 1), q, dtype) if kernel.exponential else None
         for ns, hs, i0, i1, k_end in _tiles((N, H, G, L, S), causal, tile_elements, block_q):
             s = qs[ns, hs, :, i0:i1] @ kc[ns, hs, :, :k_end].transpose(-1, -2)
-            visible = _visible(mask, causal, ns, hs, i0, i1, k_end, q.device)
+            visible = tile_visible(mask, causal, ns, hs, i0, i1, k_end, q.device)
             a, rm = tile_weights(kernel, s, visible, inplace=True)
             acc = a @ v_ones[ns, hs, :, :k_end]
             zt = normalizer(kernel, acc[..., -1:], eps)
@@ -110,7 +90,7 @@ class _ChunkedAttention(torch.autograd.Function):
         for ns, hs, i0, i1, k_end in _tiles((N, H, G, L, S), causal, tile_elements, block_q):
             qt, kt, vt = qs[ns, hs, :, i0:i1], kc[ns, hs, :, :k_end], vc[ns, hs, :, :k_end]
             s = qt @ kt.transpose(-1, -2)
-            visible = _visible(mask, causal, ns, hs, i0, i1, k_end, q.device)
+            visible = tile_visible(mask, causal, ns, hs, i0, i1, k_end, q.device)
             rm = None if row_max is None else row_max[ns, hs, :, i0:i1]
             a, _ = tile_weights(kernel, s, visible, rm, inplace=kernel.exponential)
             zt = z[ns, hs, :, i0:i1]

@@ -1,0 +1,292 @@
+"""Feature-map (linear-time) attention: performer, linear, cosformer.
+
+Each method maps queries and keys to non-negative features phi and computes (shapes: see
+:mod:`attnlab.functional`; F = number of features)::
+
+    o_i = sum_j (phi(q_i) . phi(k_j)) v_j / (sum_j phi(q_i) . phi(k_j) + eps)
+
+in O((L + S) F D_v) time by associativity: phi(Q) (phi(K)^T V) over phi(Q) (phi(K)^T 1).
+Under ``is_causal`` (query i sees keys j <= i) the sums become prefix sums, computed chunk by
+chunk (:func:`feature_attention`): quadratic with a causal triangle inside a chunk, a running
+(F, D_v) state across chunks.
+
+- ``performer`` (FAVOR+, Choromanski et al. 2021): phi(x) = exp(w_r . x' - abs(x')^2 / 2) /
+  sqrt(F) with x' = sqrt(scale) x and random w_r; phi(q).phi(k) is an unbiased estimate of
+  exp(scale q.k), so this approximates softmax attention (only softmax). Causal: yes.
+- ``linear`` (Katharopoulos et al. 2020): phi(x) = elu(x) + 1. Defines its own kernel
+  phi(q).phi(k) (no ``scale``). Causal: yes.
+- ``cosformer`` (Qin et al. 2022): phi(x_i) = [relu(x_i) cos t_i, relu(x_i) sin t_i] with
+  t_i = pi i / (2M), M = max(L, S). Defines its own kernel relu(q_i).relu(k_j) cos(t_i - t_j)
+  (no ``scale``). Causal: yes.
+
+A bool ``attn_mask`` is honoured when it is a key-padding mask (its query dim is 1, shape
+broadcastable to (B..., H, 1, S)): masked keys get phi = 0. Any other mask raises.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from ..backends._common import Problem, causal_visible
+from ..functional import _canonical
+from ..kernels import Kernel, get_kernel
+from .topk import _check_positive_int
+
+__all__ = [
+    "cosformer_attention",
+    "feature_attention",
+    "linear_attention",
+    "orthogonal_random_features",
+    "performer_attention",
+]
+
+
+def feature_attention(
+    phi_q: Tensor,
+    phi_k: Tensor,
+    value: Tensor,
+    *,
+    is_causal: bool = False,
+    eps: float = 1e-6,
+    chunk_size: int = 64,
+) -> Tensor:
+    """Attention with kernel phi(q).phi(k), given the features, in linear time.
+
+    Args:
+        phi_q: (..., L, F) non-negative query features.
+        phi_k: (..., S, F) non-negative key features (zero rows remove keys).
+        value: (..., S, D_v); the leading dims of all three broadcast.
+        is_causal: query i sees keys j <= i, computed chunk-wise with a running state.
+        eps: added to each normalizer; a row whose normalizer is 0 returns zeros.
+        chunk_size: positions per chunk in the causal form (sets memory, not the result).
+
+    Returns:
+        (..., L, D_v).
+
+    Raises:
+        ValueError: feature counts or key lengths that do not match; ``chunk_size`` < 1.
+    """
+    _check_positive_int("chunk_size", chunk_size)
+    if phi_q.shape[-1] != phi_k.shape[-1] or phi_k.shape[-2] != value.shape[-2]:
+        raise ValueError(
+            f"phi_q (..., L, F), phi_k (..., S, F) and value (..., S, D_v) do not fit: got "
+            f"{tuple(phi_q.shape)}, {tuple(phi_k.shape)}, {tuple(value.shape)}"
+        )
+    L, S = phi_q.shape[-2], phi_k.shape[-2]
+    lead = torch.broadcast_shapes(phi_q.shape[:-2], phi_k.shape[:-2], value.shape[:-2])
+    ones = value.new_ones((*value.shape[:-1], 1))
+    v1 = torch.cat([value, ones], dim=-1)  # the last column gives the normalizer
+    if not is_causal:
+        num = phi_q @ (phi_k.transpose(-1, -2) @ v1)
+        return _normalize(num.expand(*lead, L, v1.shape[-1]), eps)
+    state = value.new_zeros((*lead, phi_q.shape[-1], v1.shape[-1]))
+    outs = []
+    for t0 in range(0, L, chunk_size):
+        t1 = min(L, t0 + chunk_size)
+        qc = phi_q[..., t0:t1, :]
+        num = qc @ state
+        if t0 < S:
+            k1 = min(S, t1)
+            kc, vc = phi_k[..., t0:k1, :], v1[..., t0:k1, :]
+            tri = causal_visible(t0, t1, k1, qc.device)[:, t0:]
+            num = num + ((qc @ kc.transpose(-1, -2)) * tri) @ vc
+            state = state + kc.transpose(-1, -2) @ vc
+        outs.append(num)
+    if not outs:
+        return value.new_zeros((*lead, 0, value.shape[-1]))
+    return _normalize(torch.cat(outs, dim=-2), eps)
+
+
+def _normalize(num_and_sum: Tensor, eps: float) -> Tensor:
+    z = num_and_sum[..., -1:] + eps
+    return num_and_sum[..., :-1] / torch.where(z > 0, z, 1.0)
+
+
+def orthogonal_random_features(
+    num_features: int, dim: int, *, generator: torch.Generator, dtype: torch.dtype = torch.float64
+) -> Tensor:
+    """(num_features, dim) Gaussian directions, orthogonal within blocks of ``dim`` rows.
+
+    Each block is the Q factor of a Gaussian matrix (signs fixed by diag(R), so it is Haar
+    distributed); each row is rescaled to the norm of an independent Gaussian vector, so that
+    every row is marginally N(0, I) as FAVOR+ needs (Choromanski et al. 2021, sec. 2.4).
+    """
+    blocks = math.ceil(num_features / dim)
+    g = torch.randn(blocks, dim, dim, generator=generator, dtype=torch.float64)
+    qm, r = torch.linalg.qr(g)
+    qm = qm * torch.sign(torch.diagonal(r, dim1=-2, dim2=-1))[:, None, :]
+    rows = qm.transpose(-1, -2).reshape(blocks * dim, dim)[:num_features]
+    norms = torch.randn(num_features, dim, generator=generator, dtype=torch.float64).norm(dim=1)
+    return (rows * norms[:, None]).to(dtype)
+
+
+def _prepare(method, query, key, value, attn_mask, is_causal, scale, enable_gqa, eps, kernel=None):
+    """Validate through attnlab's canonical layout; return (problem, out_shape, key_keep)."""
+    problem, out_shape = _canonical(
+        query, key, value, attn_mask, is_causal, scale, enable_gqa, eps,
+        kernel or get_kernel("softmax"),
+    )
+    keep = None
+    if problem.mask is not None:
+        if problem.mask.shape[3] != 1:
+            raise ValueError(
+                f"attn_mask: method {method!r} honours only key-padding masks (broadcastable to "
+                f"(B..., H, 1, S)), got shape {tuple(attn_mask.shape)}"
+            )
+        keep = problem.mask.transpose(-1, -2)  # (n, h, g, S|1, 1)
+    return problem, out_shape, keep
+
+
+def _finish(problem: Problem, phi_q, phi_k, keep, out_shape, chunk_size) -> Tensor:
+    v = problem.v.to(phi_q.dtype)
+    if keep is not None:
+        phi_k = phi_k * keep
+    out = feature_attention(
+        phi_q, phi_k, v, is_causal=problem.is_causal, eps=problem.eps, chunk_size=chunk_size
+    )
+    return out.to(problem.q.dtype).reshape(out_shape)
+
+
+def _no_scale(method: str, scale: object) -> None:
+    if scale is not None:
+        raise ValueError(f"scale: method {method!r} defines its own kernel and has no score scale")
+
+
+def performer_attention(
+    query: Tensor,
+    key: Tensor,
+    value: Tensor,
+    *,
+    kernel: str | Kernel = "softmax",
+    attn_mask: Tensor | None = None,
+    is_causal: bool = False,
+    scale: float | None = None,
+    enable_gqa: bool = False,
+    eps: float = 1e-6,
+    num_features: int | None = None,
+    seed: int | None = None,
+    generator: torch.Generator | None = None,
+    chunk_size: int = 64,
+) -> Tensor:
+    """FAVOR+ softmax attention with positive orthogonal random features (see the module doc).
+
+    phi(x) = exp(W x' - abs(x')^2/2 - c) / sqrt(F) with x' = sqrt(scale) x and W from
+    :func:`orthogonal_random_features`; E[phi(q).phi(k)] = exp(scale q.k) up to the constants
+    c (a per-query row maximum and one maximum over all keys), which cancel in the ratio.
+    Features are drawn once per call, shared by batch and heads; redraw by changing ``seed``.
+    ``eps`` is added to the normalizer after the constants c are taken out, so it acts on a
+    rescaled sum (pass ``eps=0`` for the plain ratio).
+
+    Args:
+        kernel: must be ``"softmax"`` (the only kernel FAVOR+ estimates).
+        num_features: F, default round(D ln D) (at least D).
+        seed: seed of the feature draw (default 0); exclusive with ``generator``.
+        generator: a CPU torch.Generator to draw from instead (advanced by the call).
+        chunk_size: positions per chunk in the causal prefix-sum form.
+        Other arguments: as :func:`attnlab.attention`.
+
+    Raises:
+        ValueError: a kernel other than softmax; a mask that is not key padding; both
+            ``seed`` and ``generator``; ``num_features``/``chunk_size`` < 1.
+        TypeError: ``num_features``, ``seed`` or ``generator`` of the wrong type.
+    """
+    kern = get_kernel(kernel)
+    if not kern.exponential:
+        raise ValueError(f"kernel: method 'performer' approximates softmax only, got {kern.name!r}")
+    if num_features is not None:
+        _check_positive_int("num_features", num_features)
+    _check_positive_int("chunk_size", chunk_size)
+    if seed is not None and generator is not None:
+        raise ValueError("seed and generator: pass at most one of them to method 'performer'")
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise TypeError(f"generator must be a torch.Generator, got {type(generator).__name__}")
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
+        raise TypeError(f"seed must be an int or None, got {type(seed).__name__}")
+    p, out_shape, keep = _prepare(
+        "performer", query, key, value, attn_mask, is_causal, scale, enable_gqa, eps, kern
+    )
+    D = p.q.shape[-1]
+    m = num_features or max(D, round(D * math.log(D)))
+    gen = generator or torch.Generator().manual_seed(0 if seed is None else seed)
+    dtype = p.compute_dtype
+    w = orthogonal_random_features(m, D, generator=gen, dtype=dtype).to(p.q.device)
+    root = math.sqrt(p.scale)
+    q, k = p.q.to(dtype) * root, p.k.to(dtype) * root
+    wq = q @ w.T - q.square().sum(-1, keepdim=True) / 2
+    wk = k @ w.T - k.square().sum(-1, keepdim=True) / 2
+    phi_q = torch.exp(wq - wq.detach().amax(dim=-1, keepdim=True)) / math.sqrt(m)
+    phi_k = torch.exp(wk - wk.detach().amax(dim=(-2, -1), keepdim=True)) / math.sqrt(m)
+    return _finish(p, phi_q, phi_k, keep, out_shape, chunk_size)
+
+
+def linear_attention(
+    query: Tensor,
+    key: Tensor,
+    value: Tensor,
+    *,
+    attn_mask: Tensor | None = None,
+    is_causal: bool = False,
+    scale: float | None = None,
+    enable_gqa: bool = False,
+    eps: float = 1e-6,
+    chunk_size: int = 64,
+) -> Tensor:
+    """Linear attention with phi(x) = elu(x) + 1 (Katharopoulos et al. 2020).
+
+    The kernel is phi(q).phi(k), not an approximation of softmax; ``scale`` must stay None.
+    Causal and key-padding masks are supported; arguments as :func:`performer_attention`.
+
+    Raises:
+        ValueError: ``scale`` given; a mask that is not key padding; ``chunk_size`` < 1.
+    """
+    _no_scale("linear", scale)
+    _check_positive_int("chunk_size", chunk_size)
+    p, out_shape, keep = _prepare(
+        "linear", query, key, value, attn_mask, is_causal, None, enable_gqa, eps
+    )
+    dtype = p.compute_dtype
+    phi_q, phi_k = (F.elu(x.to(dtype)) + 1.0 for x in (p.q, p.k))
+    return _finish(p, phi_q, phi_k, keep, out_shape, chunk_size)
+
+
+def cosformer_attention(
+    query: Tensor,
+    key: Tensor,
+    value: Tensor,
+    *,
+    attn_mask: Tensor | None = None,
+    is_causal: bool = False,
+    scale: float | None = None,
+    enable_gqa: bool = False,
+    eps: float = 1e-6,
+    chunk_size: int = 64,
+) -> Tensor:
+    """cosFormer attention (Qin et al. 2022): relu features re-weighted by position.
+
+    Weight of key j for query i: relu(q_i).relu(k_j) cos(pi (i - j) / (2M)), M = max(L, S),
+    positive since abs(i - j) < M; computed from the 2D features of the module doc by
+    cos(a - b) = cos a cos b + sin a sin b. Positions are 0-based and aligned top-left, as
+    ``is_causal``. ``scale`` must stay None.
+
+    Raises:
+        ValueError: ``scale`` given; a mask that is not key padding; ``chunk_size`` < 1.
+    """
+    _no_scale("cosformer", scale)
+    _check_positive_int("chunk_size", chunk_size)
+    p, out_shape, keep = _prepare(
+        "cosformer", query, key, value, attn_mask, is_causal, None, enable_gqa, eps
+    )
+    dtype = p.compute_dtype
+    L, S = p.q.shape[-2], p.k.shape[-2]
+    M = max(L, S, 1)
+
+    def phi(x: Tensor) -> Tensor:
+        t = torch.arange(x.shape[-2], device=x.device, dtype=dtype)[:, None] * (math.pi / (2 * M))
+        r = torch.relu(x.to(dtype))
+        return torch.cat([r * torch.cos(t), r * torch.sin(t)], dim=-1)
+
+    return _finish(p, phi(p.q), phi(p.k), keep, out_shape, chunk_size)

@@ -1,0 +1,116 @@
+"""Practical attention approximations, selectable by name.
+
+Every registered method takes ``(query, key, value, *, attn_mask=None, is_causal=False,
+scale=None, ...)`` in attnlab's layout (see :mod:`attnlab.functional`) plus its own keyword
+options, and returns the (B..., H, L, D_v) output. Built-ins:
+
+| name | function | approximates | causal |
+|---|---|---|---|
+| ``topk`` | :func:`attnlab.approx.topk.topk_attention` | any kernel (exact at top_k >= S) | yes |
+| ``performer`` | :func:`attnlab.approx.features.performer_attention` | softmax | yes |
+| ``linear`` | :func:`attnlab.approx.features.linear_attention` | its own kernel | yes |
+| ``cosformer`` | :func:`attnlab.approx.features.cosformer_attention` | its own kernel | yes |
+| ``nystrom`` | :func:`attnlab.approx.lowrank.nystrom_attention` | softmax | no |
+
+Example:
+    >>> import torch
+    >>> from attnlab.approx.registry import approximate_attention
+    >>> q, k, v = torch.randn(3, 1, 2, 16, 8).unbind(0)
+    >>> approximate_attention(q, k, v, method="topk", top_k=4, is_causal=True).shape
+    torch.Size([1, 2, 16, 8])
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+
+from torch import Tensor
+
+from .features import cosformer_attention, linear_attention, performer_attention
+from .lowrank import nystrom_attention
+from .topk import topk_attention
+
+__all__ = [
+    "approximate_attention",
+    "available_approximations",
+    "get_approximation",
+    "register_approximation",
+]
+
+Approximation = Callable[..., Tensor]
+
+_REGISTRY: dict[str, Approximation] = {}
+
+
+def register_approximation(name: str, fn: Approximation, *, overwrite: bool = False) -> Approximation:
+    """Register ``fn(query, key, value, **options)`` under ``name`` and return it.
+
+    Raises:
+        TypeError: ``name`` is not a non-empty str or ``fn`` is not callable.
+        ValueError: the name is taken and ``overwrite`` is False.
+    """
+    if not isinstance(name, str) or not name:
+        raise TypeError(f"name must be a non-empty str, got {name!r}")
+    if not callable(fn):
+        raise TypeError(f"fn must be callable, got {type(fn).__name__}")
+    if name in _REGISTRY and not overwrite:
+        raise ValueError(f"approximation {name!r} is already registered; pass overwrite=True")
+    _REGISTRY[name] = fn
+    return fn
+
+
+def available_approximations() -> list[str]:
+    """Names of the registered approximations, built-ins first."""
+    return list(_REGISTRY)
+
+
+def get_approximation(name: str) -> Approximation:
+    """Look an approximation up by name.
+
+    Raises:
+        TypeError: ``name`` is not a str.
+        ValueError: no approximation of that name (the message lists the available ones).
+    """
+    if not isinstance(name, str):
+        raise TypeError(f"method must be a str, got {type(name).__name__}")
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise ValueError(
+            f"method must be one of {available_approximations()}, got {name!r}"
+        ) from None
+
+
+def approximate_attention(
+    query: Tensor, key: Tensor, value: Tensor, *, method: str, **options: object
+) -> Tensor:
+    """Run the approximation registered as ``method`` with keyword ``options``.
+
+    Raises:
+        TypeError: an option that the method does not accept (named in the message).
+        ValueError: an unknown ``method``; or whatever the method raises.
+    """
+    fn = get_approximation(method)
+    params = inspect.signature(fn).parameters
+    if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        named = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+        accepted = [n for n, p in params.items() if p.kind in named][3:]  # after q, k, v
+        for option in options:
+            if option not in accepted:
+                raise TypeError(
+                    f"option {option!r} is not accepted by method {method!r}; it accepts {accepted}"
+                )
+    return fn(query, key, value, **options)
+
+
+for _name, _fn in [
+    ("topk", topk_attention),
+    ("performer", performer_attention),
+    ("linear", linear_attention),
+    ("cosformer", cosformer_attention),
+    ("nystrom", nystrom_attention),
+]:
+    register_approximation(_name, _fn)
+
+del _name, _fn
