@@ -1,0 +1,104 @@
+"""The ``attnlab`` command: ``attnlab demo``, ``attnlab train``, ...
+
+Each subcommand imports what it needs when it runs, so ``attnlab --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+__all__ = ["main"]
+
+
+def _demo(args: argparse.Namespace) -> int:
+    """A short side-by-side of dot-product attention (DPA) and expressive attention (EA)."""
+    import torch
+
+    import attnlab
+
+    torch.manual_seed(args.seed)
+    print(f"attnlab {attnlab.__version__} demo: DPA (softmax) vs EA (expressive) on random inputs")
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads\n")
+
+    # 1. What EA changes: the weight of a key as a function of its angle to the query.
+    q = torch.tensor([[4.0, 0.0]])
+    angles = [0, 45, 90, 135, 180]
+    keys = torch.tensor([[4 * torch.cos(torch.deg2rad(torch.tensor(a, dtype=torch.float))).item(),
+                          4 * torch.sin(torch.deg2rad(torch.tensor(a, dtype=torch.float))).item()] for a in angles])
+    rows = []
+    for kernel in ("softmax", "expressive"):
+        _, w = attnlab.attention(q, keys, keys, kernel=kernel, return_weights=True)
+        rows.append((kernel, w[0].tolist()))
+    print("weight of a key at angle (deg) to the query, |q| = |k| = 4:")
+    print(f"  {'kernel':<11}" + "".join(f"{a:>8}" for a in angles))
+    for kernel, w in rows:
+        print(f"  {kernel:<11}" + "".join(f"{x:8.3f}" for x in w))
+    print("  EA weighs parallel and antiparallel keys alike and ignores orthogonal ones.\n")
+
+    # 2. Cost: forward and forward+backward time at a fixed number of tokens.
+    print(f"time (best of {args.repeats}), H=8, D=64, {args.tokens} tokens per batch, causal:")
+    print(f"  {'L':>6} {'DPA sdpa':>10} {'EA chunked':>11} {'ratio':>6} {'DPA f+b':>9} {'EA f+b':>9} {'ratio':>6}")
+    for L in args.lengths:
+        B = max(1, args.tokens // L)
+        q, k, v = (torch.randn(B, 8, L, 64, requires_grad=True) for _ in range(3))
+        fwd, fb = {}, {}
+        for kernel in ("softmax", "expressive"):
+            fwd[kernel], fb[kernel] = _time_attention(q, k, v, kernel, args.repeats)
+        print(f"  {L:>6} {fwd['softmax'] * 1e3:>8.1f}ms {fwd['expressive'] * 1e3:>9.1f}ms "
+              f"{fwd['expressive'] / fwd['softmax']:>5.2f}x {fb['softmax'] * 1e3:>7.1f}ms "
+              f"{fb['expressive'] * 1e3:>7.1f}ms {fb['expressive'] / fb['softmax']:>5.2f}x")
+    print("\nratio = EA time / DPA time (below 1: EA is faster). Full sweep: benchmarks/attention.py")
+    return 0
+
+
+def _time_attention(q, k, v, kernel: str, repeats: int) -> tuple[float, float]:
+    """(forward, forward+backward) best times of causal attention under ``kernel``."""
+    import torch
+
+    import attnlab
+    from attnlab.profiling import time_call
+
+    def run():
+        return attnlab.attention(q, k, v, kernel=kernel, is_causal=True)
+
+    with torch.no_grad():
+        forward = time_call(run, repeats=repeats)
+    return forward, time_call(lambda: run().sum().backward(), repeats=repeats)
+
+
+def _train(args: argparse.Namespace) -> int:
+    from attnlab.train import main as train_main
+
+    return train_main(args.rest)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="attnlab", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    demo = sub.add_parser("demo", help="DPA vs EA side by side on random inputs")
+    demo.add_argument("--lengths", type=int, nargs="+", default=[256, 1024, 2048], help="sequence lengths")
+    demo.add_argument("--tokens", type=int, default=4096, help="batch size x length")
+    demo.add_argument("--repeats", type=int, default=3, help="timed runs per case (best is shown)")
+    demo.add_argument("--seed", type=int, default=0)
+    demo.set_defaults(func=_demo)
+    train = sub.add_parser("train", help="train a model from a YAML config", add_help=False)
+    train.add_argument("rest", nargs=argparse.REMAINDER)
+    train.set_defaults(func=_train)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    for name in ("lengths", "tokens", "repeats"):
+        values = getattr(args, name, None)
+        values = values if isinstance(values, list) else [values]
+        if any(v is not None and v < 1 for v in values):
+            print(f"attnlab: error: --{name} must be >= 1", file=sys.stderr)
+            return 2
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
