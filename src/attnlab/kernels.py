@@ -47,6 +47,8 @@ class Kernel:
             through ``weights`` (correct, a little slower).
         weights_: optional in-place f (overwrites and returns its argument); backends that own
             their score buffers use it to save memory passes. Defaults to ``weights``.
+        weights_and_derivative: optional fused closed form of ``(f(s), f'(s))``, used by
+            recomputing backward passes; by default ``weights`` and ``vjp`` with a unit gradient.
         exponential: True only for softmax: backends subtract the row maximum before f and
             normalize without ``eps``.
         doc: the one-line formula shown by ``repr``.
@@ -59,6 +61,7 @@ class Kernel:
         vjp: VjpFn | None = None,
         *,
         weights_: WeightFn | None = None,
+        weights_and_derivative: Callable[[Tensor], tuple[Tensor, Tensor]] | None = None,
         exponential: bool = False,
         doc: str = "",
     ) -> None:
@@ -66,6 +69,7 @@ class Kernel:
         self._weights = weights
         self._vjp = vjp
         self._weights_ = weights_
+        self._weights_and_derivative = weights_and_derivative
         self.exponential = exponential
         self.doc = doc
 
@@ -76,6 +80,12 @@ class Kernel:
     def weights_(self, s: Tensor) -> Tensor:
         """f(s) computed in place where the kernel knows how (``s`` is overwritten); no autograd."""
         return self._weights_(s) if self._weights_ is not None else self._weights(s)
+
+    def weights_and_derivative(self, s: Tensor) -> tuple[Tensor, Tensor]:
+        """(f(s), f'(s)) elementwise, in one pass where the kernel has a fused form."""
+        if self._weights_and_derivative is not None:
+            return self._weights_and_derivative(s)
+        return self.weights(s), self.weights_vjp(s, torch.ones_like(s))
 
     def weights_vjp(self, s: Tensor, grad_weights: Tensor) -> Tensor:
         """``grad_weights * f'(s)``: the gradient of the scores given that of the weights."""
@@ -104,6 +114,18 @@ def _ea_(s: Tensor) -> Tensor:
     return s.square_().reciprocal_().add_(1.0).reciprocal_()
 
 
+def _ea_and_derivative(s: Tensor) -> tuple[Tensor, Tensor]:
+    # with u = 1 / (1 + s^2): f = s * (s u) and f' = 2 (s u) u
+    u = s.square().add_(1.0).reciprocal_()
+    su = s * u
+    return su * s, su.mul_(u).mul_(2.0)
+
+
+def _relu2_and_derivative(s: Tensor) -> tuple[Tensor, Tensor]:
+    r = torch.relu(s)
+    return r.square(), r.mul_(2.0)
+
+
 def _ea_vjp(s: Tensor, g: Tensor) -> Tensor:
     # d/ds s^2/(1+s^2) = 2s / (1+s^2)^2
     d = 1.0 + s * s
@@ -124,9 +146,17 @@ _BUILTINS = [
         _ea,
         _ea_vjp,
         weights_=_ea_,
+        weights_and_derivative=_ea_and_derivative,
         doc="f(s) = s^2 / (1 + s^2), expressive attention (EA, Gros 2024); bounded in [0, 1)",
     ),
-    Kernel("squared", torch.square, lambda s, g: g * 2.0 * s, weights_=torch.square_, doc="f(s) = s^2"),
+    Kernel(
+        "squared",
+        torch.square,
+        lambda s, g: g * 2.0 * s,
+        weights_=torch.square_,
+        weights_and_derivative=lambda s: (s.square(), s * 2.0),
+        doc="f(s) = s^2",
+    ),
     Kernel(
         "relu", torch.relu, lambda s, g: g * (s > 0).to(g.dtype), weights_=torch.relu_, doc="f(s) = max(s, 0)"
     ),
@@ -135,6 +165,7 @@ _BUILTINS = [
         lambda s: torch.relu(s).square(),
         lambda s, g: g * 2.0 * torch.relu(s),
         weights_=lambda s: s.relu_().square_(),
+        weights_and_derivative=_relu2_and_derivative,
         doc="f(s) = max(s, 0)^2",
     ),
 ]

@@ -87,23 +87,26 @@ class _ChunkedAttention(torch.autograd.Function):
         dv = torch.zeros_like(vc)
         N, H, G, L, _ = q.shape
         S = k.shape[-2]
+        # With dO scaled by 1/Z per query, p never needs forming: dv = a^T dO/Z and
+        # ds = f'(s) (dO/Z . v - D/Z).
+        d_out_z = d_out / z
+        delta_z = delta / z
         for ns, hs, i0, i1, k_end in _tiles((N, H, G, L, S), causal, tile_elements, block_q):
             qt, kt, vt = qs[ns, hs, :, i0:i1], kc[ns, hs, :, :k_end], vc[ns, hs, :, :k_end]
             s = qt @ kt.transpose(-1, -2)
             visible = tile_visible(mask, causal, ns, hs, i0, i1, k_end, q.device)
-            rm = None if row_max is None else row_max[ns, hs, :, i0:i1]
-            a, _ = tile_weights(kernel, s, visible, rm, inplace=kernel.exponential)
-            zt = z[ns, hs, :, i0:i1]
-            p = a / zt
-            dot = d_out[ns, hs, :, i0:i1]
-            dv[ns, hs, :, :k_end] += (p.transpose(-1, -2) @ dot).sum(dim=2, keepdim=True)
-            dp = dot @ vt.transpose(-1, -2) - delta[ns, hs, :, i0:i1]
+            dot = d_out_z[ns, hs, :, i0:i1]
+            ds = (dot @ vt.transpose(-1, -2)).sub_(delta_z[ns, hs, :, i0:i1])
             if kernel.exponential:
-                ds = p * dp
+                a, _ = tile_weights(kernel, s, visible, row_max[ns, hs, :, i0:i1], inplace=True)
+                ds.mul_(a)
             else:
-                ds = kernel.weights_vjp(s, dp / zt)
+                a, derivative = kernel.weights_and_derivative(s)
+                ds.mul_(derivative)
                 if visible is not None:
-                    ds = torch.where(visible, ds, 0.0)
+                    a.mul_(visible)
+                    ds.mul_(visible)
+            dv[ns, hs, :, :k_end] += (a.transpose(-1, -2) @ dot).sum(dim=2, keepdim=True)
             dq[ns, hs, :, i0:i1] = ds @ kt
             dk[ns, hs, :, :k_end] += (ds.transpose(-1, -2) @ qt).sum(dim=2, keepdim=True)
         dq = (dq * scale).to(q.dtype)
