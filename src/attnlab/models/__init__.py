@@ -1,0 +1,28 @@
+"""Language models with any attnlab kernel: a decoder-only causal LM and an encoder masked LM."""
+
+from .config import ModelConfig, apply_overrides, from_dict, to_dict
+from .objectives import masked_cross_entropy, mlm_mask
+from .transformer import AttentionFn, CausalLM, KVCache, MaskedLM, SelfAttention, TransformerLM
+
+__all__ = [
+    "AttentionFn",
+    "CausalLM",
+    "KVCache",
+    "MaskedLM",
+    "ModelConfig",
+    "SelfAttention",
+    "TransformerLM",
+    "apply_overrides",
+    "build_model",
+    "from_dict",
+    "masked_cross_entropy",
+    "mlm_mask",
+    "to_dict",
+]
+
+
+def build_model(config: ModelConfig) -> TransformerLM:
+    """The model class that ``config.kind`` names (``causal`` or ``masked``), built."""
+    if not isinstance(config, ModelConfig):
+        raise TypeError(f"config must be an attnlab.models.ModelConfig, got {type(config).__name__}")
+    return (CausalLM if config.kind == "causal" else MaskedLM)(config)

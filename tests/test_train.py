@@ -1,0 +1,302 @@
+"""Training loop: strict configs, schedule, exact resume, atomic checkpoints, torchrun DDP."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+
+from attnlab import train as T
+from attnlab.models import CausalLM, ModelConfig, build_model
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+
+class CountingSource:
+    """x_{t+1} = x_t + d (mod 11) with a random start and step d in {1, 2}: learnable."""
+
+    vocab_size, seq_len = 11, 16
+
+    def __init__(self, data=None, context=None):
+        pass
+
+    def next(self, batch_size, generator, split="train"):
+        start = torch.randint(0, 11, (batch_size, 1), generator=generator)
+        step = torch.randint(1, 3, (batch_size, 1), generator=generator)
+        seq = (start + step * torch.arange(17)) % 11
+        mask = torch.ones(batch_size, 16, dtype=torch.bool)
+        mask[:, 0] = False  # the step is unknown after one token
+        return seq[:, :-1], seq[:, 1:], mask
+
+
+@pytest.fixture(autouse=True)
+def counting_source():
+    T.register_source("counting", CountingSource, overwrite=True)
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny models run fastest on one thread (and do not fight a busy machine's other jobs)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def small(tmp_path: Path, **train) -> T.RunConfig:
+    over = [f"train.{k}={v}" for k, v in {"steps": 8, "batch_size": 4, "log_every": 1, "progress": False,
+                                           "warmup_steps": 2, "out_dir": str(tmp_path / "run"), **train}.items()]
+    return T.load_config(None, ["model.n_layers=1", "model.d_model=32", "model.n_heads=2",
+                                "model.context=16", "model.kernel=expressive", "data.source=counting", *over])
+
+
+def losses(run_dir: Path) -> list[float]:
+    return [json.loads(line)["loss"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+# --- config ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("overrides, exc, match", [
+    (["train.stpes=3"], ValueError, "unknown key 'train.stpes'"),
+    (["model.n_layer=3"], ValueError, "unknown key 'model.n_layer'"),
+    (["optim.lr=3"], ValueError, "unknown key 'optim'"),
+    (["train.steps=abc"], TypeError, "train.steps must be int"),
+    (["train.steps=0"], ValueError, "train.steps must be >= 1"),
+    (["train.lr=1e-5", "train.min_lr=1e-4"], ValueError, "train.lr must be > 0 and >= min_lr"),
+    (["train.device=tpu"], ValueError, "train.device must be 'auto', 'cpu' or 'cuda'"),
+    (["model.d_model=30"], ValueError, r"model.d_model \(30\) must be divisible by n_heads"),
+    (["model.n_kv_heads=3"], ValueError, r"model.n_heads \(4\) must be a multiple of n_kv_heads"),
+    (["model.kernel=cosine"], ValueError, "model.kernel must be one of"),
+    (["data.source=web"], ValueError, "data.source must be one of"),
+    (["data.mask_prob=2"], ValueError, r"data.mask_prob must be in \(0, 1\]"),
+    (["model=3"], TypeError, "model must be a mapping"),
+])
+def test_load_config_names_the_bad_key(overrides, exc, match):
+    with pytest.raises(exc, match=match):
+        T.load_config(None, overrides)
+
+
+def test_load_config_reads_yaml(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("model: {n_layers: 3, kernel: expressive}\ntrain: {lr: 2e-3}\n")
+    cfg = T.load_config(path, ["train.steps=7"])
+    assert (cfg.model.n_layers, cfg.model.kernel, cfg.train.lr, cfg.train.steps) == (3, "expressive", 2e-3, 7)
+    path.write_text("- 1\n- 2\n")
+    with pytest.raises(ValueError, match="must hold a mapping"):
+        T.load_config(path)
+
+
+def test_every_preset_builds():
+    presets = sorted(CONFIGS.rglob("*.yaml"))
+    assert len(presets) >= 3
+    for path in presets:
+        cfg = T.load_config(path)
+        try:
+            model_cfg = T.fit_model_config(cfg.model, T.make_source(cfg.data, cfg.model))
+        except ImportError:  # the data modules are optional here; build with a stand-in vocab
+            model_cfg = ModelConfig(**{**vars(cfg.model), "vocab_size": cfg.model.vocab_size or 64})
+        assert build_model(model_cfg)(torch.zeros(1, 4, dtype=torch.long)).shape[-1] == model_cfg.vocab_size
+
+
+def test_fit_model_config_errors():
+    with pytest.raises(ValueError, match=r"model.vocab_size \(5\) must be >= the data's vocab size \(11\)"):
+        T.fit_model_config(ModelConfig(vocab_size=5), CountingSource())
+    with pytest.raises(ValueError, match=r"model.context \(8\) must be >= the data's sequence length \(16\)"):
+        T.fit_model_config(ModelConfig(context=8), CountingSource())
+    assert T.fit_model_config(ModelConfig(), CountingSource()).vocab_size == 11
+
+
+def test_register_source_errors():
+    with pytest.raises(ValueError, match="source 'counting' is already registered"):
+        T.register_source("counting", CountingSource)
+    with pytest.raises(TypeError, match="factory must be callable"):
+        T.register_source("other", 3)
+
+
+def test_lr_schedule():
+    tc = T.TrainConfig(steps=100, warmup_steps=10, lr=1e-3, min_lr=1e-4)
+    lrs = [T.lr_at(s, tc) for s in range(100)]
+    assert lrs[0] == pytest.approx(1e-4) and lrs[9] == pytest.approx(1e-3) and lrs[10] == pytest.approx(1e-3)
+    assert all(a >= b for a, b in itertools.pairwise(lrs[10:]))
+    assert T.lr_at(100, tc) == pytest.approx(1e-4) and lrs[55] == pytest.approx(5.5e-4)
+
+
+# --- the loop --------------------------------------------------------------------------------
+
+
+def test_training_learns_and_writes_run_files(tmp_path):
+    cfg = small(tmp_path, steps=60, lr=3e-3, log_every=10, eval_every=30)
+    last = T.train(cfg)
+    run = tmp_path / "run"
+    ls = losses(run)
+    assert len(ls) == 6 and ls[-1] < 0.6 * ls[0]
+    assert 0.0 <= last["eval_accuracy"] <= 1.0 and last["tokens_per_s"] > 0
+    info = json.loads((run / "run.json").read_text())
+    assert info["seed"] == 0 and info["config"]["model"]["vocab_size"] == 11
+    env = info["environment"]
+    assert {"torch", "attnlab", "python", "processor", "cpu_count", "git_commit"} <= set(env)
+    assert info["device"] == "cpu"
+    from safetensors.torch import load_file
+
+    ckpt = run / "checkpoints" / (run / "checkpoints" / "latest").read_text()
+    model = CausalLM(ModelConfig(**info["config"]["model"]))
+    model.load_state_dict(load_file(str(ckpt / "model.safetensors")))  # strict: every key present
+
+
+def test_masked_lm_trains(tmp_path):
+    cfg = small(tmp_path, steps=40, lr=3e-3, log_every=10)
+    cfg.model = ModelConfig(**{**vars(cfg.model), "kind": "masked"})
+    T.train(cfg)
+    ls = losses(tmp_path / "run")
+    assert len(ls) == 4 and torch.isfinite(torch.tensor(ls)).all() and ls[-1] < ls[0]
+
+
+class CrashError(Exception):
+    pass
+
+
+def test_resume_reproduces_the_uninterrupted_run_exactly(tmp_path):
+    T.train(small(tmp_path / "a", ckpt_every=3, steps=10))
+
+    class Crashing(CountingSource):  # killed while drawing the 8th batch, after checkpoint 6
+        calls = 0
+
+        def next(self, *args, **kw):
+            Crashing.calls += 1
+            if Crashing.calls == 8:
+                raise CrashError
+            return super().next(*args, **kw)
+
+    with pytest.raises(CrashError):
+        T.train(small(tmp_path / "b", ckpt_every=3, steps=10), source=Crashing())
+    run_b = tmp_path / "b" / "run"
+    assert len(losses(run_b)) == 7  # steps 7 logged past the last checkpoint (6)
+    assert sorted(p.name for p in (run_b / "checkpoints").iterdir()) == ["latest", "step_00000003",
+                                                                         "step_00000006"]
+    T.train(small(tmp_path / "b", ckpt_every=3, steps=10), resume=True)
+    a, b = losses(tmp_path / "a" / "run"), losses(run_b)
+    assert len(a) == len(b) == 10 and a == b  # bit-for-bit, including the replayed step 7
+    assert not list((run_b / "checkpoints").glob(".tmp-*"))
+
+
+def test_resume_refuses_another_model(tmp_path):
+    T.train(small(tmp_path, steps=2))
+    other = small(tmp_path, steps=4)
+    other.model.kernel = "softmax"
+    with pytest.raises(ValueError, match="written for another model config"):
+        T.train(other, resume=True)
+
+
+def test_batch_size_must_split_over_ranks(tmp_path, monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "3")
+    with pytest.raises(ValueError, match=r"train.batch_size \(4\) must be divisible by the number of processes \(3\)"):
+        T.train(small(tmp_path))
+
+
+def test_main_reports_errors_before_work(tmp_path, capsys):
+    path = tmp_path / "c.yaml"
+    path.write_text(f"data: {{source: counting}}\ntrain: {{out_dir: {tmp_path / 'run'}, progress: false}}\n")
+    assert T.main([str(path), "model.n_layer=2"]) == 2
+    assert "unknown key 'model.n_layer'" in capsys.readouterr().err
+    assert T.main([str(path), "--resume"]) == 2
+    assert "--resume: no checkpoint" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
+    args = [str(path), "model.n_layers=1", "model.d_model=16", "model.n_heads=2", "train.steps=3"]
+    assert T.main(args) == 0 and len(losses(tmp_path / "run")) == 1
+    assert T.main([*args[:-1], "train.steps=5", "--resume"]) == 0
+    assert [json.loads(ln)["step"] for ln in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()] == [3, 5]
+
+
+def test_torchrun_two_processes_match_one(tmp_path):
+    """gloo DDP on 2 CPU processes: each takes half of the same global batch."""
+    script = tmp_path / "train_counting.py"
+    script.write_text(textwrap.dedent(f"""
+        import sys
+        sys.path.insert(0, {str(Path(__file__).parent)!r})
+        from attnlab import train
+        from test_train import CountingSource
+        train.register_source("counting", CountingSource, overwrite=True)
+        sys.exit(train.main(sys.argv[1:]))
+    """))
+    common = ["model.n_layers=2", "model.d_model=32", "model.n_heads=2", "model.context=16",
+              "model.kernel=expressive", "data.source=counting", "train.steps=6", "train.batch_size=8",
+              "train.log_every=1", "train.progress=false", "train.warmup_steps=2"]
+    cfg_path = tmp_path / "c.yaml"
+    cfg_path.write_text("{}\n")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(script),
+           str(cfg_path), *common, f"train.out_dir={tmp_path / 'ddp'}"]
+    result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-3000:]
+    T.train(T.load_config(cfg_path, [*common, f"train.out_dir={tmp_path / 'one'}"]))
+    ddp, one = losses(tmp_path / "ddp"), losses(tmp_path / "one")
+    assert len(ddp) == len(one) == 6
+    assert max(abs(a - b) for a, b in zip(ddp, one, strict=True)) < 1e-5
+    assert json.loads((tmp_path / "ddp" / "run.json").read_text())["world_size"] == 2
+
+
+# --- the data adapters (need attnlab.data, written separately) -------------------------------
+
+
+def test_task_source_adapter(tmp_path):
+    tasks = pytest.importorskip("attnlab.data.tasks")
+    cfg = T.load_config(None, ["data.source=task", "data.name=recall", "data.complexity=1",
+                               "model.n_layers=1", "model.d_model=32", "model.n_heads=2", "model.context=64",
+                               "train.steps=3", "train.batch_size=4", "train.log_every=1",
+                               "train.progress=false", f"train.out_dir={tmp_path}", "train.eval_every=3"])
+    src = T.make_source(cfg.data, cfg.model)
+    x, y, m = src.next(4, torch.Generator().manual_seed(0))
+    spec = tasks.task_config("recall", 1)
+    assert x.shape == y.shape == m.shape == (4, src.seq_len) and m.dtype == torch.bool
+    assert src.vocab_size == spec.vocab_size and int(x.max()) < src.vocab_size
+    last = T.train(cfg)
+    assert 0.0 <= last["eval_accuracy"] <= 1.0
+
+
+def test_corpus_source_adapter(tmp_path):
+    pytest.importorskip("attnlab.data.corpus")
+    pytest.importorskip("attnlab.data.tokenizers")
+    cfg = T.load_config(None, ["data.source=corpus", "data.max_bytes=20000", "model.n_layers=1",
+                               "model.d_model=32", "model.n_heads=2", "model.context=32", "train.steps=2",
+                               "train.batch_size=2", "train.progress=false", f"train.out_dir={tmp_path}"])
+    src = T.make_source(cfg.data, cfg.model)
+    x, y, m = src.next(3, torch.Generator().manual_seed(0))
+    assert x.shape == y.shape == (3, 32) and m.all() and torch.equal(x[:, 1:], y[:, :-1])
+    assert T.train(cfg)["loss"] > 0
+
+
+def test_tensorboard_flag_needs_the_package():
+    try:
+        import torch.utils.tensorboard  # noqa: F401
+    except ImportError:
+        with pytest.raises(ValueError, match="tensorboard=true needs the tensorboard package"):
+            T.load_config(None, ["train.tensorboard=true"])
+    else:
+        assert T.load_config(None, ["train.tensorboard=true"]).train.tensorboard
+
+
+def test_python_dash_m_entry_point(tmp_path):
+    pytest.importorskip("attnlab.data.tasks")
+    cmd = [sys.executable, "-m", "attnlab.train", str(CONFIGS / "ladder-recall.yaml"), "data.complexity=1",
+           "model.n_layers=1", "model.d_model=32", "train.steps=2", "train.batch_size=4",
+           "train.log_every=1", "train.eval_every=0", "train.progress=false", f"train.out_dir={tmp_path}"]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=120,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert len(losses(tmp_path)) == 2
+    bad = subprocess.run([*cmd[:4], "model.n_head=2"], capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and "unknown key 'model.n_head'" in bad.stderr
+
+
+def test_sections_type_check_when_built_directly():
+    with pytest.raises(TypeError, match="steps must be int, got str"):
+        T.TrainConfig(steps="3")
+    with pytest.raises(TypeError, match="mask_prob must be float"):
+        T.DataConfig(mask_prob="high")
