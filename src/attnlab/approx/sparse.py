@@ -1,0 +1,316 @@
+"""r-sparse approximations of attention outputs: the shared problem layout and the
+value-oblivious solvers (``topr``, ``topr-l2``) and ``omp``.
+
+For one query with exact weights p over n keys, values V (n x D_v) and a visibility mask, the
+exact output is ``o = sum_{j visible} p_j v_j``. An r-sparse approximation keeps at most r visible
+keys S and weights beta_S and returns ``o_hat = sum_{j in S} beta_j v_j``.
+
+Shapes: p (..., n), v (..., n, D_v) with broadcastable leading dims (values are usually shared by
+the queries of a head: v (B, H, 1, n, D_v) with p (B, H, L, n)), visible bool broadcastable to
+(..., n), True = the query may see the key. Internally every solver works in one layout,
+rows (G, M, n) against values (G, n, D_v), in which shared values are never copied.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, replace
+
+import torch
+from torch import Tensor
+
+__all__ = [
+    "Layout",
+    "SparseApprox",
+    "argmax_last",
+    "gather_values",
+    "omp",
+    "prepare",
+    "project_simplex",
+    "row_chunks",
+    "solve_in_chunks",
+    "topr",
+    "topr_l2",
+]
+
+
+@dataclass(frozen=True)
+class SparseApprox:
+    """An r-sparse approximation of attention outputs.
+
+    Attributes:
+        output: (..., D_v) the approximated output ``sum_{j in S} beta_j v_j``.
+        support: (..., r) long key indices, or None when not requested; -1 marks an unused slot.
+        weights: (..., r) the coefficients beta on ``support`` (0 on unused slots), or None.
+    """
+
+    output: Tensor
+    support: Tensor | None = None
+    weights: Tensor | None = None
+
+    def dense_weights(self, n: int) -> Tensor:
+        """The weights scattered into a dense (..., n) tensor (needs ``return_support=True``)."""
+        if self.support is None or self.weights is None:
+            raise ValueError("dense_weights needs support and weights: pass return_support=True")
+        used = self.support >= 0
+        dense = self.weights.new_zeros((*self.support.shape[:-1], n))
+        return dense.scatter_add(-1, self.support.clamp_min(0), torch.where(used, self.weights, 0))
+
+
+@dataclass(frozen=True)
+class Layout:
+    """A validated problem in the solvers' layout: rows (G, M, n) against values (G, n, D_v).
+
+    ``o`` is the exact output ``(p * visible) @ v`` of each row; :meth:`unflatten` maps a
+    (G, M, ...) result back to the caller's (..., ...) batch shape.
+    """
+
+    p: Tensor
+    v: Tensor
+    visible: Tensor
+    o: Tensor
+    batch_shape: tuple[int, ...]
+    perm: tuple[int, ...]
+    all_visible: bool
+
+    def unflatten(self, x: Tensor) -> Tensor:
+        """(G, M, *tail) -> (*batch_shape, *tail)."""
+        k = len(self.batch_shape)
+        tail = x.shape[2:]
+        x = x.reshape(*(self.batch_shape[i] for i in self.perm), *tail)
+        inv = [0] * k
+        for pos, dim in enumerate(self.perm):
+            inv[dim] = pos
+        return x.permute(*inv, *range(k, k + len(tail)))
+
+
+def prepare(p: Tensor, v: Tensor, r: int, visible: Tensor | None) -> Layout:
+    """Validate a sparse-approximation call and bring it into the solvers' layout.
+
+    Raises:
+        TypeError: p, v or visible is not a tensor; p/v are not both float32 or both float64;
+            visible is not bool; r is not an int.
+        ValueError: shapes do not match or broadcast, devices differ, p has a negative entry,
+            r < 1, or r exceeds the number of visible keys of some row.
+    """
+    for name, t in (("p", p), ("v", v)):
+        if not isinstance(t, Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+        if t.dtype not in (torch.float32, torch.float64):
+            raise TypeError(f"{name} must be float32 or float64, got {t.dtype}")
+    if p.dtype != v.dtype:
+        raise TypeError(f"p and v must have the same dtype, got {p.dtype} and {v.dtype}")
+    if isinstance(r, bool) or not isinstance(r, int):
+        raise TypeError(f"r must be an int, got {type(r).__name__}")
+    if r < 1:
+        raise ValueError(f"r must be >= 1, got {r}")
+    if p.ndim < 1 or v.ndim < 2:
+        raise ValueError(f"p must be (..., n) and v (..., n, D_v), got {tuple(p.shape)}, "
+                         f"{tuple(v.shape)}")
+    n = p.shape[-1]
+    if v.shape[-2] != n:
+        raise ValueError(f"p has n={n} keys but v has {v.shape[-2]} (v must be (..., n, D_v))")
+    if p.device != v.device:
+        raise ValueError(f"p and v must be on one device, got {p.device} and {v.device}")
+    try:
+        bs = tuple(torch.broadcast_shapes(p.shape[:-1], v.shape[:-2]))
+    except RuntimeError:
+        raise ValueError(f"leading dims of p {tuple(p.shape[:-1])} and v {tuple(v.shape[:-2])} "
+                         "must broadcast") from None
+    all_visible = visible is None
+    if visible is None:
+        visible = torch.ones((), dtype=torch.bool, device=p.device)
+    elif not isinstance(visible, Tensor) or visible.dtype != torch.bool:
+        raise TypeError(f"visible must be a bool tensor or None, got "
+                        f"{getattr(visible, 'dtype', type(visible).__name__)}")
+    elif visible.device != p.device:
+        raise ValueError(f"visible must be on {p.device}, got {visible.device}")
+    try:
+        ok = torch.broadcast_shapes(visible.shape, (*bs, n)) == (*bs, n)
+    except RuntimeError:
+        ok = False
+    if not ok:
+        raise ValueError(f"visible must broadcast to {(*bs, n)}, got {tuple(visible.shape)}")
+    if bool((p < 0).any()):
+        raise ValueError("p must be non-negative (attention weights)")
+    vis = visible.expand(*bs, n)
+    n_vis = int(vis.sum(-1).min()) if vis.numel() else n
+    if r > n_vis:
+        raise ValueError(f"r={r} exceeds the number of visible keys of some row ({n_vis})")
+
+    k = len(bs)
+    vb = (1,) * (k - (v.ndim - 2)) + tuple(v.shape[:-2])
+    shared = [i for i in range(k) if vb[i] == 1 and bs[i] != 1]
+    perm = tuple([i for i in range(k) if i not in shared] + shared)
+    g = math.prod(vb)
+    m = math.prod(bs) // max(g, 1) if g else 0
+
+    def rows(t: Tensor) -> Tensor:
+        return t.expand(*bs, n).permute(*perm, k).reshape(g, m, n)
+
+    vv = v.reshape(*vb, *v.shape[-2:]).permute(*perm, k, k + 1).reshape(g, n, v.shape[-1])
+    pp, vis = rows(p), rows(vis)
+    o = torch.matmul(pp if all_visible else torch.where(vis, pp, 0), vv)
+    return Layout(pp, vv, vis, o, bs, perm, all_visible)
+
+
+def _finish(lay: Layout, out: Tensor, idx: Tensor, w: Tensor, return_support: bool) -> SparseApprox:
+    if not return_support:
+        return SparseApprox(lay.unflatten(out))
+    return SparseApprox(lay.unflatten(out), lay.unflatten(idx), lay.unflatten(w))
+
+
+def row_chunks(lay: Layout, budget: int = 2**19) -> Iterator[Layout]:
+    """Split the rows (the M dim) into pieces of about ``budget`` (row, key) elements: the
+    solvers' (rows, n) temporaries then stay in cache, which is several times faster on CPU."""
+    g, m, n = lay.p.shape
+    step = max(1, budget // max(1, g * n))
+    for s in range(0, m, step):
+        sl = slice(s, s + step)
+        yield replace(lay, p=lay.p[:, sl], visible=lay.visible[:, sl], o=lay.o[:, sl])
+
+
+def solve_in_chunks(lay: Layout, fn: Callable[[Layout], tuple[Tensor, ...]]) -> tuple[Tensor, ...]:
+    """Run ``fn`` (a Layout -> tensors (G, M_chunk, ...)) on row chunks and concatenate."""
+    parts = [fn(c) for c in row_chunks(lay)]
+    return tuple(torch.cat(x, 1) for x in zip(*parts, strict=True))
+
+
+def argmax_last(x: Tensor) -> Tensor:
+    """``x.argmax(-1, keepdim=True)`` (first maximum), two-level when the last dim splits in
+    blocks: block maxima by ``amax`` then the winner inside one block (torch's CPU argmax over
+    long rows is several times slower than amax)."""
+    n = x.shape[-1]
+    blk = next((b for b in (128, 64, 32) if n % b == 0 and n >= 4 * b), 0)
+    if not blk:
+        return x.argmax(-1, keepdim=True)
+    xb = x.unflatten(-1, (n // blk, blk))
+    which = xb.amax(-1).argmax(-1, keepdim=True)  # (..., 1) block index
+    inner = xb.gather(-2, which.unsqueeze(-1).expand(*which.shape, blk)).squeeze(-2)
+    return which * blk + inner.argmax(-1, keepdim=True)
+
+
+def gather_values(v: Tensor, idx: Tensor) -> Tensor:
+    """Rows of v (G, n, D_v) at idx (G, M, k) -> (G, M, k, D_v); idx -1 reads row 0."""
+    g = torch.arange(v.shape[0], device=v.device).view(-1, 1, 1)
+    return v[g, idx.clamp_min(0)]
+
+
+def _combine(w: Tensor, rows: Tensor) -> Tensor:
+    """sum_k w_k rows_k: (G, M, k) x (G, M, k, D_v) -> (G, M, D_v), as a batched matmul."""
+    return torch.einsum("gmk,gmkd->gmd", w, rows)
+
+
+def project_simplex(x: Tensor) -> Tensor:
+    """Euclidean projection of each row of x (..., k) onto the probability simplex.
+
+    ``argmin_{b >= 0, sum b = 1} ||b - x||_2`` is ``max(x - theta, 0)`` with theta chosen so the
+    result sums to 1: with u = sort(x, descending) and c_j = sum_{i<=j} u_i, theta =
+    (c_rho - 1) / rho for the largest rho with u_rho > (c_rho - 1) / rho.
+    """
+    u = x.sort(dim=-1, descending=True).values
+    c = u.cumsum(-1) - 1
+    j = torch.arange(1, x.shape[-1] + 1, device=x.device, dtype=x.dtype)
+    rho = (u > c / j).sum(-1, keepdim=True).clamp_min(1)
+    theta = c.gather(-1, rho - 1) / rho.to(x.dtype)
+    return (x - theta).clamp_min(0)
+
+
+def _top(lay: Layout, r: int) -> tuple[Tensor, Tensor]:
+    score = torch.where(lay.visible, lay.p, -1.0)  # p >= 0, so visible keys always win
+    return score.topk(r, dim=-1)
+
+
+def topr(p: Tensor, v: Tensor, r: int, *, visible: Tensor | None = None,
+         return_support: bool = False) -> SparseApprox:
+    """Value-oblivious top-r (top-k attention): keep the r largest visible p_j and renormalize,
+    ``beta_S = p_S / sum p_S`` (a row whose top-r mass is 0 gets zero weights).
+
+    Raises:
+        TypeError, ValueError: see :func:`prepare`.
+    """
+    lay = prepare(p, v, r, visible)
+    val, idx = _top(lay, r)
+    z = val.sum(-1, keepdim=True)
+    w = val / torch.where(z > 0, z, 1.0)
+    return _finish(lay, _combine(w, gather_values(lay.v, idx)), idx, w, return_support)
+
+
+def topr_l2(p: Tensor, v: Tensor, r: int, *, visible: Tensor | None = None,
+            return_support: bool = False) -> SparseApprox:
+    """Value-oblivious top-r with ``beta_S = project_simplex(p_S)``: the r-sparse point of the
+    simplex nearest to p in L2 (it shifts all kept weights by one constant instead of scaling).
+
+    Raises:
+        TypeError, ValueError: see :func:`prepare`.
+    """
+    lay = prepare(p, v, r, visible)
+    val, idx = _top(lay, r)
+    w = project_simplex(val)
+    return _finish(lay, _combine(w, gather_values(lay.v, idx)), idx, w, return_support)
+
+
+def omp(p: Tensor, v: Tensor, r: int, *, visible: Tensor | None = None,
+        return_support: bool = False) -> SparseApprox:
+    """Orthogonal matching pursuit with free coefficients, batched over all rows (Batch-OMP).
+
+    With the Gram matrix G = V V^T and alpha^0 = V o, step k picks
+    ``j = argmax_j |alpha_j|`` (alpha = V o - G_{:,S} gamma: correlation of each value with the
+    residual, values not normalized), appends j to S, extends the Cholesky factor
+    ``L L^T = G_SS`` by the row ``w = L^{-1} G_{S,j}``, ``L_kk = sqrt(G_jj - ||w||^2)``, and
+    refits ``gamma = G_SS^{-1} (V o)_S``. As in scikit-learn's ``orthogonal_mp_gram``, a row
+    stops early (its remaining slots are -1 with weight 0) when the best |alpha_j|^2 is below the
+    dtype's machine epsilon, when j is already in S, or when ``L_kk^2`` is below it.
+    Implementation: with U = L^{-1} V_S (orthonormal rows) and y = L^{-1} (V o)_S, the Gram
+    column enters as ``w = L^{-1} G_{S,j} = U v_j``, y grows by one entry per step, and alpha is
+    updated by ``alpha -= y_k V u_k``; gamma = L^{-T} y is solved once at the end. No n x n Gram
+    matrix is formed per query. Invisible keys are never selected.
+
+    Raises:
+        TypeError, ValueError: see :func:`prepare`.
+    """
+    lay = prepare(p, v, r, visible)
+    idx, gamma = solve_in_chunks(lay, lambda c: _omp_rows(c, r))
+    out = _combine(gamma, gather_values(lay.v, idx))
+    return _finish(lay, out, idx, gamma, return_support)
+
+
+def _omp_rows(lay: Layout, r: int) -> tuple[Tensor, Tensor]:
+    vals, o, vis = lay.v, lay.o, lay.visible
+    g, m, d = o.shape
+    tiny = torch.finfo(o.dtype).eps
+    vt = vals.transpose(-1, -2)
+    vn2 = (vals * vals).sum(-1).unsqueeze(1)  # (G, 1, n)
+    alpha = torch.matmul(o, vt)  # (G, M, n) = V o
+    idx = torch.full((g, m, r), -1, dtype=torch.long, device=o.device)
+    L = torch.zeros(g, m, r, r, dtype=o.dtype, device=o.device)
+    u = o.new_zeros(g, m, r, d)
+    y = o.new_zeros(g, m, r)
+    live = torch.ones(g, m, dtype=torch.bool, device=o.device)
+    hidden = None if lay.all_visible else ~vis
+    score = torch.empty_like(alpha)
+    for k in range(r):
+        torch.abs(alpha, out=score)
+        if hidden is not None:
+            score.masked_fill_(hidden, -1.0)
+        j = argmax_last(score).squeeze(-1)
+        best = score.gather(-1, j.unsqueeze(-1)).squeeze(-1)
+        again = (idx[..., :k] == j.unsqueeze(-1)).any(-1)
+        live = live & ~again & (best * best >= tiny)
+        vj = gather_values(vals, j.unsqueeze(-1)).squeeze(-2)  # (G, M, D_v)
+        w = torch.einsum("gmkd,gmd->gmk", u[..., :k, :], vj)  # U v_j
+        lkk2 = vn2.expand(g, m, -1).gather(-1, j.unsqueeze(-1)).squeeze(-1) - (w * w).sum(-1)
+        live = live & (lkk2 > tiny)
+        lkk = torch.where(live, lkk2, 1.0).sqrt()
+        uk = (vj - torch.einsum("gmk,gmkd->gmd", w, u[..., :k, :])) / lkk.unsqueeze(-1)
+        xy = (o * vj).sum(-1)  # (V o)_j
+        yk = (xy - (w * y[..., :k]).sum(-1)) / lkk
+        L[..., k, :k] = torch.where(live.unsqueeze(-1), w, 0.0)
+        L[..., k, k] = lkk
+        u[..., k, :] = torch.where(live.unsqueeze(-1), uk, 0.0)
+        y[..., k] = torch.where(live, yk, 0.0)
+        idx[..., k] = torch.where(live, j, -1)
+        alpha.baddbmm_(y[..., k : k + 1] * u[..., k, :], vt, alpha=-1)
+    gamma = torch.linalg.solve_triangular(L.transpose(-1, -2), y.unsqueeze(-1), upper=True)
+    return idx, gamma.squeeze(-1)

@@ -1,0 +1,302 @@
+"""Value-aware r-sparse approximation (Gupta & Berant, EMNLP 2021): solvers of
+
+    min_{beta in simplex, |supp beta| <= r} ||o - sum_j beta_j v_j||^2,   o = sum_j p_j v_j.
+
+With w_j = v_j - o and sum beta = 1 the error is ||sum_j beta_j w_j||^2 = beta^T M beta,
+M = W_S W_S^T: the squared distance from the origin to the convex hull of {w_j : j in S}.
+Shapes and errors are those of :func:`attnlab.approx.sparse.prepare`; support slots are -1
+where unused, weights are 0 there. All solvers are batched over every query at once.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+from .sparse import (
+    Layout,
+    SparseApprox,
+    _combine,
+    _finish,
+    argmax_last,
+    gather_values,
+    prepare,
+    solve_in_chunks,
+)
+
+__all__ = ["EXACT_MAX_SUBSETS", "simplex_least_squares", "va_exact", "va_greedy", "va_swap"]
+
+EXACT_MAX_SUBSETS = 100_000
+"""va_exact refuses instances with more than this many candidate supports per query."""
+
+_RIDGE = {torch.float64: 1e-13, torch.float32: 1e-6}  # relative to max diag(M)
+_TOL = {torch.float64: 1e-12, torch.float32: 1e-5}  # optimality tolerance, same scale
+
+
+def _spd_inverse_apply(A: Tensor, a: Tensor, ridge: Tensor) -> Tensor:
+    """x = A^{-1} a for a batch of small SPD matrices A (R, k, k); a row whose Cholesky fails
+    (A numerically not PD) is retried with 1e3 times the ridge on the diagonal."""
+    L, info = torch.linalg.cholesky_ex(A)
+    bad = info != 0
+    if bool(bad.any()):
+        eye = torch.eye(A.shape[-1], dtype=A.dtype, device=A.device)
+        L2, _ = torch.linalg.cholesky_ex(A + 1e3 * ridge[:, None, None] * eye)
+        L = torch.where(bad[:, None, None], L2, L)
+    return torch.cholesky_solve(a.unsqueeze(-1), L).squeeze(-1)
+
+
+def simplex_least_squares(M: Tensor, b: Tensor, allowed: Tensor | None = None,
+                          max_iter: int | None = None) -> Tensor:
+    """Exact ``argmin_b b^T M b`` over the probability simplex (b = 0 off ``allowed``).
+
+    A primal active-set method from the feasible start ``b`` (R, k), batched over R rows.
+    On the free set F it solves the equality-constrained problem in closed form,
+    ``z_F = (M_FF + lambda I)^{-1} 1 / (1^T (M_FF + lambda I)^{-1} 1)`` (lambda = 1e-13 max diag M
+    in float64, 1e-6 in float32: it keeps affinely dependent values solvable and changes the
+    squared error by at most lambda). If z >= 0 it moves there and frees the fixed slot with the
+    most negative multiplier ``(M z)_i - z^T M z`` (KKT: all >= 0 means optimal); otherwise it
+    steps towards z until a weight hits 0 and fixes that slot. Rows leave the loop when optimal.
+    """
+    R, k, _ = M.shape
+    allowed = torch.ones_like(b, dtype=torch.bool) if allowed is None else allowed
+    eye = torch.eye(k, dtype=M.dtype, device=M.device)
+    scale = M.diagonal(dim1=-2, dim2=-1).amax(-1).clamp_min(torch.finfo(M.dtype).tiny)
+    ridge, tol = _RIDGE[M.dtype] * scale, _TOL[M.dtype] * scale
+    b = b.clone()
+    free = (b > 0) & allowed
+    act = torch.arange(R, device=M.device)
+    for _ in range(max_iter or 4 * k + 20):
+        Ma, ba, fa, ra, ta = M[act], b[act], free[act], ridge[act], tol[act]
+        A = torch.where(fa[:, :, None] & fa[:, None, :], Ma + ra[:, None, None] * eye, eye)
+        x = _spd_inverse_apply(A, fa.to(M.dtype), ra)
+        z = x / (x * fa).sum(-1, keepdim=True)
+        neg = fa & (z < 0)
+        feas = ~neg.any(-1)
+        grad = (Ma @ z.unsqueeze(-1)).squeeze(-1)
+        lam = grad - (z * grad).sum(-1, keepdim=True)
+        cand = allowed[act] & ~fa & (lam < -ta[:, None]) & feas[:, None]
+        enter = torch.where(cand, lam, torch.inf).argmin(-1)
+        ratio = torch.where(neg, ba / (ba - z), torch.inf)
+        t, leave = ratio.min(-1)
+        step = (ba + t.clamp(max=1)[:, None] * (z - ba)).clamp_min(0)
+        step = step.scatter(-1, leave[:, None], 0.0)
+        step = step / step.sum(-1, keepdim=True)
+        rows = torch.arange(len(act), device=M.device)
+        b[act] = torch.where(feas[:, None], z.clamp_min(0), step)
+        fa = fa.clone()
+        fa[rows, enter] |= cand.any(-1)
+        fa[rows, leave] &= feas
+        free[act] = fa
+        act = act[~feas | cand.any(-1)]
+        if len(act) == 0:
+            break
+    return b
+
+
+def _refit(W: Tensor, b0: Tensor, allowed: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
+    """Exact simplex fit on the slots of W (..., k, D_v) from feasible b0 (..., k).
+
+    Returns (b, e, err2): weights, error vector e = b^T W and ||e||^2."""
+    k = W.shape[-2]
+    M = W @ W.transpose(-1, -2)
+    flat = None if allowed is None else allowed.reshape(-1, k)
+    b = simplex_least_squares(M.reshape(-1, k, k), b0.reshape(-1, k), flat).view(b0.shape)
+    e = torch.einsum("...k,...kd->...d", b, W)
+    return b, e, (e * e).sum(-1)
+
+
+def _line_scores(e: Tensor, err2: Tensor, lay: Layout, wn2: Tensor) -> tuple[Tensor, Tensor]:
+    """For every key j: the best step t in [0, 1] from the error vector e (G, M, ..., D_v)
+    towards w_j = v_j - o, and the resulting reduction of the squared error (both
+    (G, M, ..., n)): with num = ||e||^2 - e.w_j and den = ||w_j - e||^2, t = clip(num / den)
+    and the reduction is t (2 num - t den). Written with in-place ops: it is the hot loop."""
+    g, d = e.shape[0], e.shape[-1]
+    shape = (*e.shape[:-1], wn2.shape[-1])
+    o = lay.o.view(g, lay.o.shape[1], *[1] * (e.ndim - 3), d)
+    eo = (e * o).sum(-1, keepdim=True).reshape(g, -1, 1)
+    num = torch.baddbmm(eo, e.reshape(g, -1, d), lay.v.transpose(-1, -2), alpha=-1).view(shape)
+    num += err2.unsqueeze(-1)  # num = ||e||^2 - e . w_j
+    den = (wn2 - err2.unsqueeze(-1)).add_(num, alpha=2)  # ||w_j||^2 - 2 e.w_j + ||e||^2
+    den.clamp_min_(torch.finfo(den.dtype).tiny)
+    t = torch.div(num, den).clamp_(0, 1)
+    return t, torch.addcmul(num, t, den, value=-0.5).mul_(t).mul_(2)
+
+
+def _pick(x: Tensor, c: Tensor) -> Tensor:
+    """x (G, M, chunk, ...) at chunk index c (G, M) -> (G, M, ...)."""
+    c = c.view(*c.shape, 1, *[1] * (x.ndim - 3)).expand(*c.shape, 1, *x.shape[3:])
+    return x.gather(2, c).squeeze(2)
+
+
+def _greedy(lay: Layout, r: int) -> tuple[Tensor, ...]:
+    V, o, vis = lay.v, lay.o, lay.visible
+    g, m, d = o.shape
+    vn2 = (V * V).sum(-1).unsqueeze(1)
+    wn2 = vn2 - 2 * (o @ V.transpose(-1, -2)) + (o * o).sum(-1, keepdim=True)  # ||v_j - o||^2
+    j = torch.where(vis, wn2, torch.inf).argmin(-1, keepdim=True)  # nearest value: r = 1 optimum
+    idx = j.new_full((g, m, r), -1)
+    idx[..., :1] = j
+    W = o.new_zeros(g, m, r, d)
+    W[..., 0, :] = gather_values(V, j).squeeze(-2) - o
+    b = o.new_zeros(g, m, r)
+    b[..., 0] = 1.0
+    e = W[..., 0, :]
+    penalty = torch.where(vis, 0.0, -torch.inf).to(o.dtype).scatter_(-1, j, -torch.inf)
+    err2 = (e * e).sum(-1)
+    for k in range(1, r):
+        t, red = _line_scores(e, err2, lay, wn2)
+        j = argmax_last(red.add_(penalty))
+        tj = t.gather(-1, j)
+        idx[..., k : k + 1] = j
+        penalty.scatter_(-1, j, -torch.inf)
+        W[..., k, :] = gather_values(V, j).squeeze(-2) - o
+        b0 = torch.cat([b[..., :k] * (1 - tj), tj], -1)
+        b[..., : k + 1], e, err2 = _refit(W[..., : k + 1, :], b0)
+    # safeguard: the top-r support of p, refit exactly, where it beats the greedy support
+    pr, ir = torch.where(vis, lay.p, -1.0).topk(r, dim=-1)
+    Wr = gather_values(V, ir) - o.unsqueeze(-2)
+    z = pr.sum(-1, keepdim=True)
+    br, _, e2r = _refit(Wr, torch.where(z > 0, pr / torch.where(z > 0, z, 1.0), 1.0 / r))
+    use = (e2r < err2).unsqueeze(-1)
+    idx, b, err2 = torch.where(use, ir, idx), torch.where(use, br, b), torch.minimum(e2r, err2)
+    return idx, b, torch.where(use.unsqueeze(-1), Wr, W), err2, wn2
+
+
+def va_greedy(p: Tensor, v: Tensor, r: int, *, visible: Tensor | None = None,
+              return_support: bool = False) -> SparseApprox:
+    """Greedy forward selection with an exact simplex refit after every addition.
+
+    Step 1 takes the value nearest to o (the exact r = 1 optimum). Step k scores each unused
+    visible key j by the error after the best two-term move ``beta <- (1 - t) beta + t e_j``,
+    t in [0, 1] (one matmul for all keys), adds the best key, and refits beta exactly on the
+    new support with :func:`simplex_least_squares`. Last, the top-r support of p is refit
+    exactly too and kept where it is better, so va-greedy is never worse than ``topr`` or
+    ``topr-l2`` (their weights are feasible on that support). Returns r keys (some may have
+    weight 0).
+
+    Raises:
+        TypeError, ValueError: see :func:`attnlab.approx.sparse.prepare`.
+    """
+    lay = prepare(p, v, r, visible)
+
+    def rows(c: Layout) -> tuple[Tensor, ...]:
+        idx, b, W, _, _ = _greedy(c, r)
+        return idx, b, c.o + _combine(b, W)
+
+    idx, b, out = solve_in_chunks(lay, rows)
+    return _finish(lay, out, idx, b, return_support)
+
+
+def va_swap(p: Tensor, v: Tensor, r: int, *, visible: Tensor | None = None,
+            return_support: bool = False, max_iter: int = 100, chunk: int = 8) -> SparseApprox:
+    """:func:`va_greedy` followed by best-of-chunk 1-swap local search, until no swap improves.
+
+    Each round refits every support minus one slot i exactly (error vector e_i), then ranks all
+    swaps (i out, j in) by the two-term upper bound from e_i and discards those whose lower bound
+    ``max(0, min(||e_i||, e_i . w_j / ||e_i||))^2`` (a separating hyperplane of the hull of
+    S \\ {i}) cannot beat the current error. The rest are refit exactly ``chunk`` at a time,
+    best bound first; the best improving swap of a chunk is taken. A row stops when no swap
+    improves by more than the tolerance, or after ``max_iter`` swaps.
+
+    Raises:
+        TypeError, ValueError: see :func:`attnlab.approx.sparse.prepare`; also ``max_iter`` < 0
+            or ``chunk`` < 1.
+    """
+    if max_iter < 0 or chunk < 1:
+        raise ValueError(f"max_iter must be >= 0 and chunk >= 1, got {max_iter} and {chunk}")
+    lay = prepare(p, v, r, visible)
+    idx, b, out = solve_in_chunks(lay, lambda c: _swap_rows(c, r, max_iter, chunk))
+    return _finish(lay, out, idx, b, return_support)
+
+
+def _swap_rows(lay: Layout, r: int, max_iter: int, chunk: int) -> tuple[Tensor, ...]:
+    idx, b, W, err2, wn2 = _greedy(lay, r)
+    n = wn2.shape[-1]
+    tol = _TOL[b.dtype] * torch.where(lay.visible, wn2, 0).amax(-1)
+    eye = torch.eye(r, dtype=torch.bool, device=b.device)
+    slots = torch.arange(r, device=b.device)
+    live = torch.full_like(err2, r > 1, dtype=torch.bool)  # r = 1: greedy is already optimal
+    for _ in range(max_iter if r > 1 else 0):
+        # exact fits without slot i, for every i: (G, M, r [left out], r [slots])
+        b_out = torch.where(eye, 0.0, b.unsqueeze(-2))
+        mass = b_out.sum(-1, keepdim=True)
+        uniform = (~eye).to(b.dtype) / (r - 1)
+        b_out = torch.where(mass > 0, b_out / torch.where(mass > 0, mass, 1.0), uniform)
+        Wi = W.unsqueeze(-3).expand(*W.shape[:2], r, r, W.shape[-1])
+        bi, ei, e2i = _refit(Wi, b_out, ~eye.expand(b_out.shape))
+        t, red = _line_scores(ei, e2i, lay, wn2.unsqueeze(-2))
+        eo = (ei * lay.o.unsqueeze(-2)).sum(-1, keepdim=True)
+        ew = torch.baddbmm(eo.flatten(1, 2), ei.flatten(1, 2), lay.v.transpose(-1, -2), alpha=-1)
+        ew = -ew.view(red.shape)  # e_i . w_j
+        norm = e2i.sqrt().unsqueeze(-1)
+        bound = torch.minimum(norm, ew / torch.where(norm > 0, norm, 1.0)).clamp_min(0) ** 2
+        lower = torch.where(norm > 0, bound, 0.0)  # no swap can beat this (hull of S \ {i})
+        taken = torch.zeros_like(lay.visible).scatter(-1, idx, True)
+        cand = (lay.visible & ~taken).unsqueeze(-2) & (lower < (err2 - tol)[..., None, None])
+        cand = (cand & live[..., None, None]).flatten(-2)
+        upper = (e2i.unsqueeze(-1) - red).flatten(-2)
+        found = torch.zeros_like(live)
+        while bool((cand.any(-1) & ~found).any()):
+            pid = torch.where(cand, -upper, -torch.inf).topk(min(chunk, cand.shape[-1])).indices
+            ok = cand.gather(-1, pid) & ~found.unsqueeze(-1)
+            cand = cand.scatter(-1, pid, False)
+            i, j = pid // n, pid % n
+            sw = slots == i.unsqueeze(-1)  # (G, M, chunk, r)
+            wj = gather_values(lay.v, j) - lay.o.unsqueeze(-2)
+            Wn = torch.where(sw.unsqueeze(-1), wj.unsqueeze(-2), W.unsqueeze(-3))
+            tj = t.flatten(-2).gather(-1, pid).unsqueeze(-1)
+            b_rest = bi.gather(-2, i.unsqueeze(-1).expand(*i.shape, r))
+            bn, _, e2n = _refit(Wn, torch.where(sw, tj, b_rest * (1 - tj)))
+            best, c = torch.where(ok, e2n, torch.inf).min(-1)
+            better = best < err2 - tol
+            new_idx = idx.scatter(-1, _pick(i, c).unsqueeze(-1), _pick(j, c).unsqueeze(-1))
+            idx = torch.where(better[..., None], new_idx, idx)
+            W = torch.where(better[..., None, None], _pick(Wn, c), W)
+            b = torch.where(better[..., None], _pick(bn, c), b)
+            err2 = torch.where(better, best, err2)
+            found |= better
+        live &= found
+        if not bool(live.any()):
+            break
+    return idx, b, lay.o + _combine(b, W)
+
+
+def va_exact(p: Tensor, v: Tensor, r: int, *, visible: Tensor | None = None,
+             return_support: bool = False, max_subsets: int = EXACT_MAX_SUBSETS) -> SparseApprox:
+    """The certified optimum, by exhaustive enumeration with an exact simplex fit per support.
+
+    Pruning by Caratheodory's theorem: every point of a convex hull in R^{D_v} is a convex
+    combination of at most D_v + 1 of its points, so only supports of size
+    s = min(r, D_v + 1) are enumerated, C(n, s) of them per query (the other slots stay -1).
+    Supports holding an invisible key are skipped.
+
+    Raises:
+        TypeError, ValueError: see :func:`attnlab.approx.sparse.prepare`.
+        ValueError: C(n, s) > ``max_subsets`` (default :data:`EXACT_MAX_SUBSETS` = 100000).
+    """
+    lay = prepare(p, v, r, visible)
+    (g, m, d), n = lay.o.shape, lay.p.shape[-1]
+    s = min(r, d + 1)
+    count = math.comb(n, s)
+    if count > max_subsets:
+        raise ValueError(f"va-exact would enumerate C(n={n}, min(r, D_v + 1)={s}) = {count} "
+                         f"supports per query, above max_subsets={max_subsets}; use va-swap")
+    combos = torch.combinations(torch.arange(n, device=lay.o.device), s).view(-1, s)
+    best = lay.o.new_full((g, m), torch.inf)
+    idx = combos.new_full((g, m, r), -1)
+    b = lay.o.new_zeros(g, m, r)
+    step = max(1, 2**20 // max(1, g * m * s * (s + d)))
+    for c0 in range(0, len(combos), step):
+        sub = combos[c0 : c0 + step].expand(g, m, -1, s)
+        valid = lay.visible.gather(-1, sub.flatten(-2)).view(sub.shape).all(-1)
+        W = gather_values(lay.v, sub.flatten(-2)).view(*sub.shape, d) - lay.o[:, :, None, None]
+        bs, _, e2 = _refit(W, torch.full(sub.shape, 1.0 / s, dtype=W.dtype, device=W.device))
+        e2, c = torch.where(valid, e2, torch.inf).min(-1)
+        better = e2 < best
+        best = torch.where(better, e2, best)
+        idx[..., :s] = torch.where(better[..., None], _pick(sub, c), idx[..., :s])
+        b[..., :s] = torch.where(better[..., None], _pick(bs, c), b[..., :s])
+    out = _combine(b, gather_values(lay.v, idx))
+    return _finish(lay, out, idx, b, return_support)
