@@ -1,0 +1,1 @@
+"""Studies: the experiments behind attnlab, each a function that writes a run folder."""
