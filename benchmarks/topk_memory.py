@@ -24,40 +24,21 @@ doubling of L quadruples the time, since top-k still computes every score)::
 from __future__ import annotations
 
 import argparse
-import ctypes
-import gc
 import os
 import platform
-import time
 from collections.abc import Callable
 
 import torch
 
 import attnlab
 from attnlab.approx.topk import topk_attention
-
-_LIBC = ctypes.CDLL("libc.so.6")
-
-
-def _status_kib(field: str) -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    raise RuntimeError(f"{field} not in /proc/self/status")
+from attnlab.profiling import timed_peak_memory
 
 
 def measure(fn: Callable[[], None]) -> tuple[float, float]:
-    """(seconds, MiB added to the RSS high-water mark) for one call of ``fn``."""
-    gc.collect()
-    _LIBC.malloc_trim(0)  # hand freed heap memory back, so that the baseline RSS is honest
-    with open("/proc/self/clear_refs", "w") as f:
-        f.write("5")
-    before = _status_kib("VmRSS")
-    start = time.perf_counter()
-    fn()
-    seconds = time.perf_counter() - start
-    return seconds, (_status_kib("VmHWM") - before) / 1024
+    """(seconds, MiB added to the peak memory) for one call of ``fn``, one run each."""
+    seconds, added = timed_peak_memory(fn)
+    return seconds, (added or 0) / 2**20
 
 
 def make_case(method: str, q, k, v, kernel: str, top_k: int, backward: bool) -> Callable[[], None]:

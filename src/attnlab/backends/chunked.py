@@ -49,22 +49,19 @@ class _ChunkedAttention(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q, k, v, mask, kernel: Kernel, causal, scale, eps, tile_elements, block_q):
         dtype = torch.float64 if q.dtype == torch.float64 else torch.float32
-        qs = q.to(dtype) * scale
-        kc, vc = k.to(dtype), v.to(dtype)
+        qc, kc, vc = q.to(dtype), k.to(dtype), v.to(dtype)  # no copies for float32/64 inputs
         N, H, G, L, _ = q.shape
         S, Dv = v.shape[-2:]
-        # A column of ones makes the row sums of the weights fall out of the same matmul.
-        v_ones = torch.cat([vc, vc.new_ones((*vc.shape[:-1], 1))], dim=-1)
         out = fresh((N, H, G, L, Dv), q, dtype)
         z = fresh((N, H, G, L, 1), q, dtype)
         row_max = fresh((N, H, G, L, 1), q, dtype) if kernel.exponential else None
         for ns, hs, i0, i1, k_end in _tiles((N, H, G, L, S), causal, tile_elements, block_q):
-            s = qs[ns, hs, :, i0:i1] @ kc[ns, hs, :, :k_end].transpose(-1, -2)
+            # The scale goes on the small query tile, never on a copy of all of q.
+            s = (qc[ns, hs, :, i0:i1] * scale) @ kc[ns, hs, :, :k_end].transpose(-1, -2)
             visible = tile_visible(mask, causal, ns, hs, i0, i1, k_end, q.device)
             a, rm = tile_weights(kernel, s, visible, inplace=True)
-            acc = a @ v_ones[ns, hs, :, :k_end]
-            zt = normalizer(kernel, acc[..., -1:], eps)
-            out[ns, hs, :, i0:i1] = acc[..., :-1] / zt
+            zt = normalizer(kernel, a.sum(dim=-1, keepdim=True), eps)
+            out[ns, hs, :, i0:i1] = (a @ vc[ns, hs, :, :k_end]).div_(zt)
             z[ns, hs, :, i0:i1] = zt
             if rm is not None:
                 row_max[ns, hs, :, i0:i1] = rm
@@ -78,11 +75,10 @@ class _ChunkedAttention(torch.autograd.Function):
         q, k, v, mask, out, z, row_max = ctx.saved_tensors
         kernel, causal, scale, tile_elements, block_q = ctx.config
         dtype = out.dtype
-        qs = q.to(dtype) * scale
-        kc, vc = k.to(dtype), v.to(dtype)
+        qc, kc, vc = q.to(dtype), k.to(dtype), v.to(dtype)
         d_out = grad_out.to(dtype)
         delta = (d_out * out).sum(dim=-1, keepdim=True)
-        dq = fresh(qs.shape, q, dtype)
+        dq = fresh(qc.shape, q, dtype)
         dk = torch.zeros_like(kc)
         dv = torch.zeros_like(vc)
         N, H, G, L, _ = q.shape
@@ -92,7 +88,7 @@ class _ChunkedAttention(torch.autograd.Function):
         d_out_z = d_out / z
         delta_z = delta / z
         for ns, hs, i0, i1, k_end in _tiles((N, H, G, L, S), causal, tile_elements, block_q):
-            qt, kt, vt = qs[ns, hs, :, i0:i1], kc[ns, hs, :, :k_end], vc[ns, hs, :, :k_end]
+            qt, kt, vt = qc[ns, hs, :, i0:i1] * scale, kc[ns, hs, :, :k_end], vc[ns, hs, :, :k_end]
             s = qt @ kt.transpose(-1, -2)
             visible = tile_visible(mask, causal, ns, hs, i0, i1, k_end, q.device)
             dot = d_out_z[ns, hs, :, i0:i1]
