@@ -10,6 +10,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import attnlab.io as attnlab_io
 from attnlab.data import corpus as C
 from attnlab.data import tokenizers as Tk
 
@@ -98,13 +99,13 @@ def test_tokenizer_errors(monkeypatch):
 
 
 def test_cache_dir_and_atomic_write(tmp_path, monkeypatch):
-    assert Tk.cache_dir() == tmp_path / "cache"
-    assert Tk.cache_dir(tmp_path / "x") == tmp_path / "x"
+    assert attnlab_io.cache_dir() == tmp_path / "cache"
+    assert attnlab_io.cache_dir(tmp_path / "x") == tmp_path / "x"
     monkeypatch.delenv("ATTNLAB_CACHE")
-    assert Tk.cache_dir() == Path.home() / ".cache" / "attnlab"
+    assert attnlab_io.cache_dir() == Path.home() / ".cache" / "attnlab"
     target = tmp_path / "a" / "b.bin"
-    Tk.atomic_write_bytes(target, b"one")
-    Tk.atomic_write_bytes(target, b"two")
+    attnlab_io.atomic_write_bytes(target, b"one")
+    attnlab_io.atomic_write_bytes(target, b"two")
     assert target.read_bytes() == b"two" and sorted(p.name for p in target.parent.iterdir()) == [
         "b.bin"]
 

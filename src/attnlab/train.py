@@ -38,6 +38,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
+from .io import atomic_write_text
 from .models import ModelConfig, apply_overrides, build_model, from_dict, masked_cross_entropy, to_dict
 from .models.config import check_field_types
 from .models.objectives import mlm_mask
@@ -264,13 +265,6 @@ def _run_info(cfg: RunConfig, world: int, device: torch.device) -> dict[str, Any
             "environment": environment_info(), "argv": sys.argv}
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
-
-
 def save_checkpoint(run_dir: Path, step: int, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
                     data_gen: torch.Generator, cfg: RunConfig, keep: int) -> Path:
     """Write ``checkpoints/step_XXXXXXXX/`` through a temporary directory and an atomic rename,
@@ -289,7 +283,7 @@ def save_checkpoint(run_dir: Path, step: int, model: torch.nn.Module, optimizer:
                     "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
                     "python_rng": random.getstate()}, tmp / "state.pt")
         os.replace(tmp, final)
-    _atomic_write(root / "latest", final.name)
+    atomic_write_text(root / "latest", final.name)
     older = sorted(p for p in root.glob("step_*") if p != final)
     for old in older[: max(0, len(older) - (keep - 1))]:
         shutil.rmtree(old, ignore_errors=True)
@@ -391,9 +385,9 @@ def train(cfg: RunConfig, *, resume: bool = False, source: BatchSource | None = 
     metrics_path, writer = run_dir / "metrics.jsonl", None
     if main_rank:
         run_dir.mkdir(parents=True, exist_ok=True)
-        _atomic_write(run_dir / "run.json", json.dumps(_run_info(cfg, world, device), indent=2))
+        atomic_write_text(run_dir / "run.json", json.dumps(_run_info(cfg, world, device), indent=2))
         old = metrics_path.read_text().splitlines() if resume and metrics_path.exists() else []
-        _atomic_write(metrics_path, "".join(f"{ln}\n" for ln in old if json.loads(ln)["step"] <= start))
+        atomic_write_text(metrics_path, "".join(f"{ln}\n" for ln in old if json.loads(ln)["step"] <= start))
         if tc.tensorboard:
             from torch.utils.tensorboard import SummaryWriter
             writer = SummaryWriter(str(run_dir / "tb"))

@@ -16,7 +16,7 @@ Sources, by ``name_or_path``:
   a Hugging Face ``datasets`` corpus, imported lazily; needs ``pip install datasets`` and the
   network on first use.
 
-:func:`load_tokens` caches tokenized corpora under :func:`~attnlab.data.tokenizers.cache_dir`
+:func:`load_tokens` caches tokenized corpora under :func:`~attnlab.io.cache_dir`
 (``$ATTNLAB_CACHE``, default ``~/.cache/attnlab``), keyed by the source's files (path, size,
 mtime), the split, ``max_bytes`` and the tokenizer's fingerprint, and written atomically.
 """
@@ -36,7 +36,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from attnlab.data.tokenizers import ByteTokenizer, Tokenizer, atomic_write_bytes, cache_dir
+from attnlab.data.tokenizers import ByteTokenizer, Tokenizer
+from attnlab.io import atomic_write_bytes, cache_dir
 
 __all__ = ["TokenStream", "corpus_files", "load_corpus", "load_tokens", "split_of"]
 

@@ -11,7 +11,7 @@ token ids could, used by cache keys). Pick one by name with :func:`get_tokenizer
     'hé<eos>'
 
 Files written here (trained BPE models, and tokenized corpora from :mod:`attnlab.data.corpus`)
-go under :func:`cache_dir` and are written atomically (:func:`atomic_write_bytes`).
+go under :func:`attnlab.io.cache_dir` and are written atomically.
 """
 
 from __future__ import annotations
@@ -20,44 +20,20 @@ import hashlib
 import importlib
 import itertools
 import os
-import tempfile
 from collections.abc import Sequence
-from pathlib import Path
 
 import torch
 from torch import Tensor
+
+from ..io import atomic_write_bytes, cache_dir
 
 __all__ = [
     "BPETokenizer",
     "ByteTokenizer",
     "Tokenizer",
-    "atomic_write_bytes",
     "available_tokenizers",
-    "cache_dir",
     "get_tokenizer",
 ]
-
-
-def cache_dir(path: str | os.PathLike | None = None) -> Path:
-    """The cache folder: ``path`` if given, else ``$ATTNLAB_CACHE``, else ``~/.cache/attnlab``."""
-    if path is None:
-        path = os.environ.get("ATTNLAB_CACHE") or Path.home() / ".cache" / "attnlab"
-    return Path(path)
-
-
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file in the same folder and ``os.replace``,
-    so a reader never sees a partial file (concurrent writers: the last one wins, intact)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _check_text(text: object) -> str:
@@ -189,7 +165,7 @@ class BPETokenizer:
         Args:
             text: training text. vocab_size: target size, >= 256 + len(special_tokens) (the
                 byte alphabet); a small text may give fewer merges.
-            special_tokens: strings that get their own ids. cache: folder (see :func:`cache_dir`).
+            special_tokens: strings that get their own ids. cache: folder (see :func:`attnlab.io.cache_dir`).
 
         Raises:
             ValueError: if ``vocab_size`` is below the byte alphabet or ``text`` is empty.
