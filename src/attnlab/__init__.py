@@ -3,7 +3,7 @@
 ``import attnlab`` imports torch and numpy only; integrations load on demand.
 """
 
-from . import backends, kernels
+from . import approx, backends, kernels, metrics, nn
 from .functional import attention, expressive_attention
 from .kernels import available_kernels, get_kernel, register_kernel
 
@@ -11,11 +11,14 @@ __version__ = "0.1.0"
 
 __all__ = [
     "__version__",
+    "approx",
     "attention",
     "available_kernels",
     "backends",
     "expressive_attention",
     "get_kernel",
     "kernels",
+    "metrics",
+    "nn",
     "register_kernel",
 ]

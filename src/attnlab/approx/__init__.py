@@ -1,1 +1,29 @@
-"""Approximations of attention: value-aware oracles, sparse and feature-map methods."""
+"""Approximations of attention.
+
+Two families, each with a registry by name:
+
+- practical methods with :func:`attnlab.attention`'s signature (``topk``, ``performer``,
+  ``linear``, ``cosformer``, ``nystrom``): :func:`approximate_attention`;
+- r-sparse oracles for analysis, which need the exact weights (``topr``, ``topr-l2``,
+  ``va-greedy``, ``va-swap``, ``va-exact``, ``omp``): :func:`approximate_output`.
+"""
+
+from .oracles import approximate_output, available_oracles, get_oracle
+from .registry import (
+    approximate_attention,
+    available_approximations,
+    get_approximation,
+    register_approximation,
+)
+from .sparse import SparseApprox
+
+__all__ = [
+    "SparseApprox",
+    "approximate_attention",
+    "approximate_output",
+    "available_approximations",
+    "available_oracles",
+    "get_approximation",
+    "get_oracle",
+    "register_approximation",
+]
