@@ -70,3 +70,23 @@ CASES = [
     Case(B=1, H=1, L=1, S=1),
     Case(B=3, H=1, L=65, D=8, Dv=12, causal=True, mask="random"),
 ]
+
+
+def skip_if_refused(backend: str, kernel: str, q, k, v, mask, *, causal: bool = False, gqa: bool = False) -> None:
+    """A backend may refuse an input it cannot compute exactly (``Backend.accepts``): then the
+    call must raise exactly that reason, and the case is skipped for this backend."""
+    import re
+
+    import pytest
+
+    import attnlab
+    from attnlab.backends import get_backend
+    from attnlab.functional import _canonical
+
+    problem, _ = _canonical(q, k, v, mask, causal, None, gqa, 1e-6, attnlab.get_kernel(kernel))
+    reason = get_backend(backend).accepts(problem)
+    if reason is not None:
+        with pytest.raises(ValueError, match=re.escape(reason)):
+            attnlab.attention(q, k, v, kernel=kernel, attn_mask=mask, is_causal=causal, enable_gqa=gqa,
+                              backend=backend)
+        pytest.skip(reason)

@@ -87,6 +87,9 @@ def attention(
     chosen = resolve_backend(kern, return_weights=return_weights) if backend == "auto" else get_backend(backend)
     if not chosen.supports(kern):
         raise ValueError(f"backend {chosen.name!r} does not support kernel {kern.name!r}")
+    refusal = chosen.accepts(problem)
+    if refusal is not None:
+        raise ValueError(refusal)
     if return_weights:
         if not chosen.returns_weights:
             raise ValueError(

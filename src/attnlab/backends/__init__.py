@@ -10,11 +10,14 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import torch
 from torch import Tensor
 
 from ..kernels import Kernel
 from ._common import Problem
 from .chunked import chunked_attention
+from .flex import flex_attention_backend
+from .linear import linear_attention, linear_refusal, supports_linear
 from .reference import reference_attention
 from .sdpa import sdpa_attention
 
@@ -36,7 +39,11 @@ class Backend:
         name: registry name.
         run: ``run(problem) -> output`` in the canonical layout.
         supports: ``supports(kernel) -> bool``; a call with another kernel is refused.
-        returns_weights: whether ``run_with_weights`` exists (only the reference does).
+        returns_weights: whether it can materialize the weights (only the reference can).
+        doc: one line for listings.
+        accepts: ``accepts(problem) -> reason or None``: why this backend refuses an input it
+            cannot compute exactly (e.g. ``linear`` with a mask that varies over queries).
+            :func:`attnlab.attention` raises ``ValueError(reason)`` before running it.
     """
 
     name: str
@@ -44,6 +51,7 @@ class Backend:
     supports: Callable[[Kernel], bool]
     returns_weights: bool = False
     doc: str = ""
+    accepts: Callable[[Problem], str | None] = lambda _: None
 
 
 _REGISTRY: dict[str, Backend] = {}
@@ -109,3 +117,11 @@ register_backend(Backend("chunked", chunked_attention, lambda _: True, False,
                          "query tiles, O(tile) memory, recomputing backward"))
 register_backend(Backend("sdpa", sdpa_attention, _is_softmax, False,
                          "torch.nn.functional.scaled_dot_product_attention (softmax only)"))
+register_backend(Backend("linear", linear_attention, supports_linear, False,
+                         "squared kernel only, degree-2 features, O(L D^2 D_v); key-padding masks only",
+                         accepts=linear_refusal))
+# FlexAttention has no CPU backward (see backends/flex.py), so the registry, whose every backend
+# must pass the gradient sweep, holds it only where CUDA is available.
+if torch.cuda.is_available():
+    register_backend(Backend("flex", flex_attention_backend, lambda _: True, False,
+                             "torch FlexAttention, score_mod = log f(s) and the eps from its log-sum-exp"))
