@@ -1,4 +1,10 @@
-"""The ``attnlab`` command: ``attnlab demo``, ``attnlab train``, ...
+"""The ``attnlab`` command.
+
+    attnlab demo                      the main job: EA vs DPA side by side, then both studies (quick)
+    attnlab study value-aware [...]   Study 1: value-aware vs value-oblivious approximation in LMs
+    attnlab study ladder [...]        Study 2: EA vs DPA on the complexity ladder
+    attnlab approx-error [...]        approximation error of any methods over r, synthetic or captured
+    attnlab train CONFIG.yaml [...]   train a model
 
 Each subcommand imports what it needs when it runs, so ``attnlab --help`` stays fast.
 """
@@ -50,6 +56,19 @@ def _demo(args: argparse.Namespace) -> int:
               f"{fwd['expressive'] / fwd['softmax']:>5.2f}x {fb['softmax'] * 1e3:>7.1f}ms "
               f"{fb['expressive'] * 1e3:>7.1f}ms {fb['expressive'] / fb['softmax']:>5.2f}x")
     print("\nratio = EA time / DPA time (below 1: EA is faster). Full sweep: benchmarks/attention.py")
+    if args.side_by_side_only:
+        return 0
+
+    from attnlab.studies import ladder, value_aware
+
+    reports = []
+    for title, study in (("Study 1: value-aware vs value-oblivious approximation", value_aware),
+                         ("Study 2: EA vs DPA on the complexity ladder", ladder)):
+        print(f"\n== {title} (preset {args.preset}) ==", flush=True)
+        reports.append(study.run(args.preset, out=args.out, seed=args.seed) / "report.md")
+    print("\nreports:")
+    for path in reports:
+        print(f"  {path}")
     return 0
 
 
@@ -74,18 +93,42 @@ def _train(args: argparse.Namespace) -> int:
     return train_main(args.rest)
 
 
+def _study(args: argparse.Namespace) -> int:
+    from attnlab.studies import ladder, value_aware
+
+    study = {"value-aware": value_aware, "ladder": ladder}[args.name]
+    return study.main(args.rest)
+
+
+def _approx_error(args: argparse.Namespace) -> int:
+    from attnlab.studies import approx_error
+
+    return approx_error.main(args.rest)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="attnlab", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     demo = sub.add_parser("demo", help="DPA vs EA side by side on random inputs")
-    demo.add_argument("--lengths", type=int, nargs="+", default=[256, 1024, 2048], help="sequence lengths")
+    demo.add_argument("--lengths", type=int, nargs="+", default=[256, 1024], help="sequence lengths")
     demo.add_argument("--tokens", type=int, default=4096, help="batch size x length")
     demo.add_argument("--repeats", type=int, default=3, help="timed runs per case (best is shown)")
     demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--preset", default="quick", choices=["tiny", "quick", "paper"], help="studies' preset")
+    demo.add_argument("--out", default="reports", help="folder for the study reports")
+    demo.add_argument("--side-by-side-only", action="store_true", help="skip the studies")
     demo.set_defaults(func=_demo)
-    train = sub.add_parser("train", help="train a model from a YAML config", add_help=False)
-    train.add_argument("rest", nargs=argparse.REMAINDER)
-    train.set_defaults(func=_train)
+    for name, func, help_text in (
+        ("train", _train, "train a model from a YAML config"),
+        ("approx-error", _approx_error, "approximation error of methods over r"),
+    ):
+        cmd = sub.add_parser(name, help=help_text, add_help=False)
+        cmd.add_argument("rest", nargs=argparse.REMAINDER)
+        cmd.set_defaults(func=func)
+    study = sub.add_parser("study", help="run a study: value-aware or ladder")
+    study.add_argument("name", choices=["value-aware", "ladder"])
+    study.add_argument("rest", nargs=argparse.REMAINDER, help="the study's own options (--help for them)")
+    study.set_defaults(func=_study)
     return parser
 
 
