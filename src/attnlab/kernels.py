@@ -109,9 +109,9 @@ def _ea(s: Tensor) -> Tensor:
 
 
 def _ea_(s: Tensor) -> Tensor:
-    # s^2 / (1 + s^2) = 1 / (1 + 1/s^2): four in-place passes, exact at s = 0 (1/inf = 0) and
-    # without the cancellation of 1 - 1/(1 + s^2) for small s.
-    return s.square_().reciprocal_().add_(1.0).reciprocal_()
+    # s^2 / (1 + s^2) = 1 / (1 + s^-2): three in-place passes (measured fastest on CPU), exact at
+    # s = 0 (0^-2 = inf, 1/inf = 0) and without the cancellation of 1 - 1/(1 + s^2) for small s.
+    return s.pow_(-2).add_(1.0).reciprocal_()
 
 
 def _ea_and_derivative(s: Tensor) -> tuple[Tensor, Tensor]:

@@ -26,6 +26,9 @@ from ._common import Problem, fresh, normalizer, tile_visible, tile_weights
 
 #: Default number of score elements in one tile (fp32: 8 MiB).
 DEFAULT_TILE_ELEMENTS = 1 << 21
+#: Default upper bound on queries per tile: the tile fills up with heads and batch instead,
+#: and under ``is_causal`` smaller query blocks skip more of the hidden upper triangle.
+DEFAULT_BLOCK_Q = 256
 
 
 def _tiles(
@@ -34,7 +37,7 @@ def _tiles(
     """Yield (batch slice, head slice, q_start, q_end, k_end) covering (N, H, G, L, S)."""
     N, H, G, L, S = shape
     per_query = max(1, G * S)
-    bq = block_q or max(1, min(L, tile_elements // per_query))
+    bq = block_q or max(1, min(L, DEFAULT_BLOCK_Q, tile_elements // per_query))
     bh = max(1, min(H, tile_elements // (per_query * bq)))
     bn = max(1, min(N, tile_elements // (per_query * bq * H))) if bh == H else 1
     for n0 in range(0, N, bn):
@@ -43,6 +46,28 @@ def _tiles(
                 i1 = min(L, i0 + bq)
                 k_end = min(S, i1) if causal else S
                 yield slice(n0, n0 + bn), slice(h0, h0 + bh), i0, i1, k_end
+
+
+def _tile_weights(kernel: Kernel, s: Tensor, mask: Tensor | None, causal: bool, ns: slice, hs: slice,
+                  i0: int, i1: int, k_end: int, row_max: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
+    """The kernel weights of a score tile, in place: the user mask through ``tile_weights``, the
+    causal triangle only on the diagonal block (-inf before exp for softmax, 0 after f else)."""
+    visible = tile_visible(mask, False, ns, hs, i0, i1, k_end, s.device)
+    future = _future_keys(i0, i1, k_end, s.device) if causal else None
+    if future is not None and kernel.exponential:
+        s[..., i0:].masked_fill_(future, float("-inf"))
+    a, rm = tile_weights(kernel, s, visible, row_max, inplace=True)
+    if future is not None and not kernel.exponential:
+        a[..., i0:].masked_fill_(future, 0.0)
+    return a, rm
+
+
+def _future_keys(i0: int, i1: int, k_end: int, device: torch.device) -> Tensor | None:
+    """Bool (i1 - i0, k_end - i0), True where key i0 + c lies after query i0 + r: the part of a
+    causal tile above the diagonal, which starts at column i0. None when the tile is below it."""
+    if k_end - 1 <= i0:
+        return None
+    return torch.arange(i0, k_end, device=device)[None, :] > torch.arange(i0, i1, device=device)[:, None]
 
 
 class _ChunkedAttention(torch.autograd.Function):
@@ -58,8 +83,7 @@ class _ChunkedAttention(torch.autograd.Function):
         for ns, hs, i0, i1, k_end in _tiles((N, H, G, L, S), causal, tile_elements, block_q):
             # The scale goes on the small query tile, never on a copy of all of q.
             s = (qc[ns, hs, :, i0:i1] * scale) @ kc[ns, hs, :, :k_end].transpose(-1, -2)
-            visible = tile_visible(mask, causal, ns, hs, i0, i1, k_end, q.device)
-            a, rm = tile_weights(kernel, s, visible, inplace=True)
+            a, rm = _tile_weights(kernel, s, mask, causal, ns, hs, i0, i1, k_end)
             zt = normalizer(kernel, a.sum(dim=-1, keepdim=True), eps)
             out[ns, hs, :, i0:i1] = (a @ vc[ns, hs, :, :k_end]).div_(zt)
             z[ns, hs, :, i0:i1] = zt
@@ -90,18 +114,22 @@ class _ChunkedAttention(torch.autograd.Function):
         for ns, hs, i0, i1, k_end in _tiles((N, H, G, L, S), causal, tile_elements, block_q):
             qt, kt, vt = qc[ns, hs, :, i0:i1] * scale, kc[ns, hs, :, :k_end], vc[ns, hs, :, :k_end]
             s = qt @ kt.transpose(-1, -2)
-            visible = tile_visible(mask, causal, ns, hs, i0, i1, k_end, q.device)
             dot = d_out_z[ns, hs, :, i0:i1]
             ds = (dot @ vt.transpose(-1, -2)).sub_(delta_z[ns, hs, :, i0:i1])
             if kernel.exponential:
-                a, _ = tile_weights(kernel, s, visible, row_max[ns, hs, :, i0:i1], inplace=True)
+                rm = row_max[ns, hs, :, i0:i1]
+                a, _ = _tile_weights(kernel, s, mask, causal, ns, hs, i0, i1, k_end, rm)
                 ds.mul_(a)
             else:
                 a, derivative = kernel.weights_and_derivative(s)
                 ds.mul_(derivative)
-                if visible is not None:
-                    a.mul_(visible)
-                    ds.mul_(visible)
+                visible = tile_visible(mask, False, ns, hs, i0, i1, k_end, q.device)
+                future = _future_keys(i0, i1, k_end, q.device) if causal else None
+                for t in (a, ds):
+                    if visible is not None:
+                        t.mul_(visible)
+                    if future is not None:
+                        t[..., i0:].masked_fill_(future, 0.0)
             dv[ns, hs, :, :k_end] += (a.transpose(-1, -2) @ dot).sum(dim=2, keepdim=True)
             dq[ns, hs, :, i0:i1] = ds @ kt
             dk[ns, hs, :, :k_end] += (ds.transpose(-1, -2) @ qt).sum(dim=2, keepdim=True)
