@@ -68,6 +68,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--reference-cap-gib", type=float, default=4.0,
                         help="skip the materializing reference when its weights would exceed this")
     parser.add_argument("--causal", choices=["both", "yes", "no"], default="both")
+    parser.add_argument("--methods", nargs="+", default=[m[0] for m in METHODS],
+                        choices=[m[0] for m in METHODS], help="which rows to run (sdpa always runs first)")
     parser.add_argument("--csv", help="write every number to this CSV file")
     parser.add_argument("--md", help="write the markdown table to this file")
     args = parser.parse_args(argv)
@@ -90,6 +92,8 @@ def main(argv: list[str] | None = None) -> int:
             q, k, v = (torch.randn(B, args.heads, L, args.dim, generator=g).requires_grad_() for _ in range(3))
             base = None
             for label, kernel, backend in METHODS:
+                if label != "sdpa" and label not in args.methods:
+                    continue
                 if backend == "reference" and 3 * B * args.heads * L * L * 4 > args.reference_cap_gib * 2**30:
                     print(f"  causal={causal!s:<5} L={L:<6} {label:<21} skipped (materializes {L}x{L} weights)")
                     continue

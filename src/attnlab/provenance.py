@@ -27,6 +27,16 @@ def git_commit(path: str | os.PathLike[str] | None = None) -> str | None:
     return commit + ("-dirty" if dirty else "")
 
 
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def environment_info() -> dict[str, Any]:
     """Versions (python, torch, numpy, attnlab), device and thread counts, and the git commit."""
     import numpy
@@ -43,7 +53,7 @@ def environment_info() -> dict[str, Any]:
         "numpy": numpy.__version__,
         "attnlab": __version__,
         "platform": platform.platform(),
-        "processor": platform.processor() or platform.machine(),
+        "processor": _cpu_model(),
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "device": device,

@@ -15,6 +15,7 @@ Every kernel works here: the forward calls :meth:`Kernel.weights`, the backward
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 
 import torch
@@ -31,15 +32,23 @@ DEFAULT_TILE_ELEMENTS = 1 << 21
 DEFAULT_BLOCK_Q = 256
 
 
-def _tiles(
-    shape: tuple[int, int, int, int, int], causal: bool, tile_elements: int, block_q: int | None
-) -> Iterator[tuple[slice, slice, int, int, int]]:
-    """Yield (batch slice, head slice, q_start, q_end, k_end) covering (N, H, G, L, S)."""
+def _block_sizes(shape: tuple[int, int, int, int, int], tile_elements: int,
+                 block_q: int | None) -> tuple[int, int, int]:
+    """(batch, heads, queries) per tile, so that a tile holds about ``tile_elements`` scores."""
     N, H, G, L, S = shape
     per_query = max(1, G * S)
     bq = block_q or max(1, min(L, DEFAULT_BLOCK_Q, tile_elements // per_query))
     bh = max(1, min(H, tile_elements // (per_query * bq)))
     bn = max(1, min(N, tile_elements // (per_query * bq * H))) if bh == H else 1
+    return bn, bh, bq
+
+
+def _tiles(
+    shape: tuple[int, int, int, int, int], causal: bool, tile_elements: int, block_q: int | None
+) -> Iterator[tuple[slice, slice, int, int, int]]:
+    """Yield (batch slice, head slice, q_start, q_end, k_end) covering (N, H, G, L, S)."""
+    N, H, _, L, S = shape
+    bn, bh, bq = _block_sizes(shape, tile_elements, block_q)
     for n0 in range(0, N, bn):
         for h0 in range(0, H, bh):
             for i0 in range(0, L, bq):
@@ -80,9 +89,15 @@ class _ChunkedAttention(torch.autograd.Function):
         out = fresh((N, H, G, L, Dv), q, dtype)
         z = fresh((N, H, G, L, 1), q, dtype)
         row_max = fresh((N, H, G, L, 1), q, dtype) if kernel.exponential else None
+        # One score buffer serves every tile: no allocator churn, and the peak memory is the
+        # output plus a single tile.
+        bn, bh, bq = _block_sizes((N, H, G, L, S), tile_elements, block_q)
+        buffer = torch.empty(min(bn, N) * min(bh, H) * G * min(bq, L) * S, dtype=dtype, device=q.device)
         for ns, hs, i0, i1, k_end in _tiles((N, H, G, L, S), causal, tile_elements, block_q):
             # The scale goes on the small query tile, never on a copy of all of q.
-            s = (qc[ns, hs, :, i0:i1] * scale) @ kc[ns, hs, :, :k_end].transpose(-1, -2)
+            qt, kt = qc[ns, hs, :, i0:i1] * scale, kc[ns, hs, :, :k_end].transpose(-1, -2)
+            shape = (*torch.broadcast_shapes(qt.shape[:-2], kt.shape[:-2]), i1 - i0, k_end)
+            s = torch.matmul(qt, kt, out=buffer[: math.prod(shape)].view(shape))
             a, rm = _tile_weights(kernel, s, mask, causal, ns, hs, i0, i1, k_end)
             zt = normalizer(kernel, a.sum(dim=-1, keepdim=True), eps)
             out[ns, hs, :, i0:i1] = (a @ vc[ns, hs, :, :k_end]).div_(zt)

@@ -124,7 +124,7 @@ class LayerProbe:
             out = method_output(self.method, self.r, q, k, v, kernel=self.kernel, attn_mask=attn_mask,
                                 is_causal=is_causal, scale=scale, eps=self.eps, features_per_r=self.features_per_r)[0]
         L, S = p.shape[-2:]
-        vis = torch.ones(L, S, dtype=torch.bool).tril() if is_causal else None
+        vis = torch.ones(L, S, dtype=torch.bool, device=p.device).tril() if is_causal else None
         if attn_mask is not None:
             vis = attn_mask if vis is None else attn_mask & vis
         acc = self.stats.setdefault(self.layer, [0.0, 0.0, 0.0, 0.0])
