@@ -258,3 +258,17 @@ def test_bad_method_and_oversized_exact_and_swap_arguments_raise():
         va_swap(p, V, 2, max_iter=-1)
     with pytest.raises(ValueError, match="dense_weights needs support and weights"):
         topr(p, V, 2).dense_weights(40)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("method", ["va-greedy", "va-swap", "va-exact"])
+def test_repeated_values_equal_to_the_output_stay_finite(method, dtype):
+    """Two identical value rows (a repeated token) with the output equal to them: the simplex
+    fit's Gram matrix is zero. Found inside a trained LM, where it produced NaN outputs."""
+    from attnlab.approx.oracles import approximate_output
+
+    v = torch.tensor([[0.3, -1.2, 0.5], [0.3, -1.2, 0.5], [1.0, 2.0, -0.5]], dtype=dtype)
+    p = torch.tensor([[0.5128, 0.4872, 0.0], [0.2, 0.3, 0.5]], dtype=dtype)
+    out = approximate_output(p, v, 2, method)
+    assert torch.isfinite(out).all()
+    torch.testing.assert_close(out, p @ v)

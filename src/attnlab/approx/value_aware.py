@@ -62,12 +62,17 @@ def simplex_least_squares(M: Tensor, b: Tensor, allowed: Tensor | None = None,
     R, k, _ = M.shape
     allowed = torch.ones_like(b, dtype=torch.bool) if allowed is None else allowed
     eye = torch.eye(k, dtype=M.dtype, device=M.device)
-    scale = M.diagonal(dim1=-2, dim2=-1).amax(-1).clamp_min(torch.finfo(M.dtype).tiny)
+    largest = M.diagonal(dim1=-2, dim2=-1).amax(-1)
+    scale = largest.clamp_min(torch.finfo(M.dtype).tiny)
     ridge, tol = _RIDGE[M.dtype] * scale, _TOL[M.dtype] * scale
     b = b.clone()
     free = (b > 0) & allowed
-    act = torch.arange(R, device=M.device)
+    # M = 0 (every candidate value equals o, e.g. repeated tokens): every feasible b has zero
+    # error and is optimal; solving would divide by a zero ridge.
+    act = torch.arange(R, device=M.device)[largest > 0]
     for _ in range(max_iter or 4 * k + 20):
+        if len(act) == 0:
+            break
         Ma, ba, fa, ra, ta = M[act], b[act], free[act], ridge[act], tol[act]
         A = torch.where(fa[:, :, None] & fa[:, None, :], Ma + ra[:, None, None] * eye, eye)
         x = _spd_inverse_apply(A, fa.to(M.dtype), ra)
