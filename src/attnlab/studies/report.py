@@ -141,6 +141,7 @@ def line_plot(path: str | os.PathLike[str], series: Mapping[str, tuple[Sequence[
               styles: Mapping[str, str] | None = None,
               errors: Mapping[str, Sequence[float]] | None = None) -> Path | None:
     """Plot named (xs, ys) series as lines into a PNG; returns None when matplotlib is missing.
+    A few integer x values (levels, budgets, layers) get one tick each.
 
     ``styles`` maps a series name to a matplotlib format string (e.g. "--o"); ``errors`` to
     symmetric error bars.
@@ -150,6 +151,7 @@ def line_plot(path: str | os.PathLike[str], series: Mapping[str, tuple[Sequence[
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
+        import matplotlib.ticker
     except ImportError:
         return None
     fig, ax = plt.subplots(figsize=(6, 4), dpi=110)
@@ -162,6 +164,11 @@ def line_plot(path: str | os.PathLike[str], series: Mapping[str, tuple[Sequence[
             ax.plot(xs, ys, fmt, label=name, markersize=4)
     if logx:
         ax.set_xscale("log", base=2)
+    ticks = sorted({x for xs, _ in series.values() for x in xs})
+    if ticks and len(ticks) <= 16 and all(float(x).is_integer() for x in ticks):
+        # levels, budgets r and layer numbers: a tick at each value, none between them
+        ax.set_xticks(ticks, [str(int(x)) for x in ticks])
+        ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     if title:
