@@ -116,21 +116,23 @@ class _ChunkedAttention(torch.autograd.Function):
         dtype = out.dtype
         qc, kc, vc = q.to(dtype), k.to(dtype), v.to(dtype)
         d_out = grad_out.to(dtype)
-        delta = (d_out * out).sum(dim=-1, keepdim=True)
         dq = fresh(qc.shape, q, dtype)
         dk = torch.zeros_like(kc)
         dv = torch.zeros_like(vc)
         N, H, G, L, _ = q.shape
         S = k.shape[-2]
-        # With dO scaled by 1/Z per query, p never needs forming: dv = a^T dO/Z and
-        # ds = f'(s) (dO/Z . v - D/Z).
-        d_out_z = d_out / z
-        delta_z = delta / z
+        bn, bh, bq = _block_sizes((N, H, G, L, S), tile_elements, block_q)
+        scores, d_scores = torch.empty(2, min(bn, N) * min(bh, H) * G * min(bq, L) * S, dtype=dtype, device=q.device)
         for ns, hs, i0, i1, k_end in _tiles((N, H, G, L, S), causal, tile_elements, block_q):
             qt, kt, vt = qc[ns, hs, :, i0:i1] * scale, kc[ns, hs, :, :k_end], vc[ns, hs, :, :k_end]
-            s = qt @ kt.transpose(-1, -2)
-            dot = d_out_z[ns, hs, :, i0:i1]
-            ds = (dot @ vt.transpose(-1, -2)).sub_(delta_z[ns, hs, :, i0:i1])
+            shape = (*torch.broadcast_shapes(qt.shape[:-2], kt.shape[:-2]), i1 - i0, k_end)
+            s = torch.matmul(qt, kt.transpose(-1, -2), out=scores[: math.prod(shape)].view(shape))
+            # With dO scaled by 1/Z per query, p never needs forming: dv = a^T dO/Z and
+            # ds = f'(s) (dO/Z . v - D/Z) with D = dO . o; all per tile, no (L, D_v) temporaries.
+            zt, dot = z[ns, hs, :, i0:i1], d_out[ns, hs, :, i0:i1]
+            delta_z = (dot * out[ns, hs, :, i0:i1]).sum(dim=-1, keepdim=True).div_(zt)
+            dot = dot / zt
+            ds = torch.matmul(dot, vt.transpose(-1, -2), out=d_scores[: math.prod(shape)].view(shape)).sub_(delta_z)
             if kernel.exponential:
                 rm = row_max[ns, hs, :, i0:i1]
                 a, _ = _tile_weights(kernel, s, mask, causal, ns, hs, i0, i1, k_end, rm)
@@ -148,7 +150,7 @@ class _ChunkedAttention(torch.autograd.Function):
             dv[ns, hs, :, :k_end] += (a.transpose(-1, -2) @ dot).sum(dim=2, keepdim=True)
             dq[ns, hs, :, i0:i1] = ds @ kt
             dk[ns, hs, :, :k_end] += (ds.transpose(-1, -2) @ qt).sum(dim=2, keepdim=True)
-        dq = (dq * scale).to(q.dtype)
+        dq = dq.mul_(scale).to(q.dtype)
         return dq, dk.to(k.dtype), dv.to(v.dtype), None, None, None, None, None, None, None
 
 
