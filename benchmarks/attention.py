@@ -120,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
         with open(args.md, "w") as f:
             f.write(header + "\n\n| " + " | ".join(columns) + " |\n|" + "---|" * len(columns) + "\n")
             for row in rows:
-                f.write("| " + " | ".join(_fmt(key, row[key]).strip() for key in columns) + " |\n")
+                f.write("| " + " | ".join(_value(key, row[key]) for key in columns) + " |\n")
     return 0
 
 
@@ -128,14 +128,18 @@ def _ratio(m: dict, base: dict, key: str) -> float | None:
     return m[key] / base[key] if m[key] is not None and base[key] else None
 
 
-def _fmt(key: str, value) -> str:
+def _value(key: str, value) -> str:
     if value is None:
-        return f"{key}=n/a"
+        return "n/a"
     if key.endswith("_x"):
-        return f"{key}={value:5.2f}"
+        return f"{value:.2f}"
     if isinstance(value, float):
-        return f"{key}={value:8.1f}"
-    return f"{key}={value}"
+        return f"{value:.1f}"
+    return str(value)
+
+
+def _fmt(key: str, value) -> str:
+    return f"{key}={_value(key, value):>8}"
 
 
 if __name__ == "__main__":
