@@ -32,7 +32,7 @@ import torch.nn.functional as F
 
 import attnlab
 from attnlab.backends.flex import flex_attention_backend, flex_unavailable_reason
-from attnlab.functional import _canonical
+from attnlab.functional import canonicalize
 from attnlab.profiling import peak_memory, time_call
 from attnlab.provenance import environment_info
 
@@ -44,7 +44,7 @@ def _attnlab(kernel: str, backend: str) -> Attn:
 
 
 def _flex(q, k, v, causal):
-    problem, shape = _canonical(q, k, v, None, causal, None, False, 1e-6, attnlab.get_kernel("expressive"))
+    problem, shape = canonicalize(q, k, v, None, causal, None, False, 1e-6, attnlab.get_kernel("expressive"))
     return flex_attention_backend(problem).reshape(shape)
 
 

@@ -81,9 +81,9 @@ def skip_if_refused(backend: str, kernel: str, q, k, v, mask, *, causal: bool = 
 
     import attnlab
     from attnlab.backends import get_backend
-    from attnlab.functional import _canonical
+    from attnlab.functional import canonicalize
 
-    problem, _ = _canonical(q, k, v, mask, causal, None, gqa, 1e-6, attnlab.get_kernel(kernel))
+    problem, _ = canonicalize(q, k, v, mask, causal, None, gqa, 1e-6, attnlab.get_kernel(kernel))
     reason = get_backend(backend).accepts(problem)
     if reason is not None:
         with pytest.raises(ValueError, match=re.escape(reason)):

@@ -11,7 +11,7 @@ import torch
 import attnlab
 from attnlab.backends import available_backends, get_backend
 from attnlab.backends.chunked import chunked_attention
-from attnlab.functional import _canonical
+from attnlab.functional import canonicalize
 from attnlab.testing import assert_close, plain_attention
 from cases import CASES, Case, skip_if_refused
 
@@ -108,7 +108,7 @@ def test_reference_matches_a_per_query_loop():
 def test_chunked_tiling_does_not_change_the_result(block_q, tile_elements, kernel):
     case = Case(B=2, H=4, Hkv=2, L=37, S=37, causal=True, mask="random")
     q, k, v, mask = case.make(requires_grad=True)
-    problem, shape = _canonical(q, k, v, mask, True, None, True, 1e-6, attnlab.get_kernel(kernel))
+    problem, shape = canonicalize(q, k, v, mask, True, None, True, 1e-6, attnlab.get_kernel(kernel))
     out = chunked_attention(problem, tile_elements=tile_elements, block_q=block_q).reshape(shape)
     ref = _run(case, q, k, v, mask, kernel=kernel, backend="reference")
     assert_close(out, ref.detach())
@@ -120,7 +120,7 @@ def test_chunked_tiling_does_not_change_the_result(block_q, tile_elements, kerne
 
 def test_chunked_rejects_bad_tiles():
     q = torch.randn(1, 1, 4, 2)
-    problem, _ = _canonical(q, q, q, None, False, None, False, 1e-6, attnlab.get_kernel("expressive"))
+    problem, _ = canonicalize(q, q, q, None, False, None, False, 1e-6, attnlab.get_kernel("expressive"))
     with pytest.raises(ValueError, match="tile_elements must be >= 1"):
         chunked_attention(problem, tile_elements=0)
     with pytest.raises(ValueError, match="block_q must be >= 1"):

@@ -14,7 +14,7 @@ import torch
 
 import attnlab
 from attnlab.backends.flex import flex_attention_backend, flex_unavailable_reason
-from attnlab.functional import _canonical
+from attnlab.functional import canonicalize
 from attnlab.testing import assert_close
 from cases import Case
 
@@ -34,7 +34,7 @@ CASES = [
 
 
 def _flex(case: Case, q, k, v, mask, kernel: str, eps: float = 1e-6):
-    problem, shape = _canonical(q, k, v, mask, case.causal, None, case.gqa, eps, attnlab.get_kernel(kernel))
+    problem, shape = canonicalize(q, k, v, mask, case.causal, None, case.gqa, eps, attnlab.get_kernel(kernel))
     return flex_attention_backend(problem).reshape(shape)
 
 
@@ -109,7 +109,7 @@ def test_cpu_gradients_are_refused_with_the_reason():
     q, k, v, _ = Case(L=5).make(requires_grad=True)
     with pytest.raises(ValueError, match="backend 'flex' cannot compute gradients on cpu"):
         _flex(Case(L=5), q, k, v, None, "expressive")
-    problem, _ = _canonical(q, k, v, None, False, None, False, 1e-6, attnlab.get_kernel("expressive"))
+    problem, _ = canonicalize(q, k, v, None, False, None, False, 1e-6, attnlab.get_kernel("expressive"))
     with torch.no_grad(), pytest.raises(ValueError, match="compile=True needs a cuda device"):
         flex_attention_backend(problem, compile=True)
 

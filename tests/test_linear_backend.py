@@ -12,7 +12,7 @@ import torch
 
 import attnlab
 from attnlab.backends.linear import SquaredKernelState, degree2_features, linear_attention, linear_refusal
-from attnlab.functional import _canonical
+from attnlab.functional import canonicalize
 from attnlab.testing import assert_close, plain_attention
 from cases import CASES, Case
 
@@ -26,7 +26,7 @@ EXTRA = [
 
 
 def _problem(case: Case, q, k, v, mask):
-    return _canonical(q, k, v, mask, case.causal, None, case.gqa, 1e-6, SQUARED)
+    return canonicalize(q, k, v, mask, case.causal, None, case.gqa, 1e-6, SQUARED)
 
 
 def _linear(case: Case, q, k, v, mask, chunk_size: int = 16):
@@ -146,7 +146,7 @@ def test_rejections():
         linear_attention(problem, chunk_size=0)
     with pytest.raises(TypeError, match="chunk_size must be an int"):
         linear_attention(problem, chunk_size=2.0)
-    other, _ = _canonical(q, k, v, None, False, None, False, 1e-6, attnlab.get_kernel("expressive"))
+    other, _ = canonicalize(q, k, v, None, False, None, False, 1e-6, attnlab.get_kernel("expressive"))
     with pytest.raises(ValueError, match="backend 'linear' supports only kernel 'squared', got 'expressive'"):
         linear_attention(other)
     with pytest.raises(ValueError, match="backend 'linear' does not support kernel 'expressive'"):

@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 
 import attnlab
 from attnlab.backends.chunked import chunked_attention
-from attnlab.functional import _canonical
+from attnlab.functional import canonicalize
 from attnlab.testing import assert_close
 
 
@@ -29,7 +29,7 @@ def test_chunked_equals_reference(B, Hkv, G, L, S, D, Dv, causal, mask_kind, ker
     shapes = {"full": (B, H, L, S), "rows": (B, 1, L, 1), "keys": (S,)}
     mask = torch.rand(shapes[mask_kind], generator=g) > 0.4 if mask_kind else None
     kern = attnlab.get_kernel(kernel)
-    problem, shape = _canonical(q, k, v, mask, causal, None, G > 1, 1e-6, kern)
+    problem, shape = canonicalize(q, k, v, mask, causal, None, G > 1, 1e-6, kern)
     out = chunked_attention(problem, tile_elements=tile, block_q=block_q).reshape(shape)
     ref = attnlab.attention(q, k, v, kernel=kern, attn_mask=mask, is_causal=causal,
                             enable_gqa=G > 1, backend="reference")

@@ -147,7 +147,7 @@ def _capture_hf(model: Any, inputs: Any, layers: list[int]) -> list[Captured]:
         fn = functools.partial(recorder, module=module)
         return hf.attention_forward(module, query, key, value, attention_mask, *args, attention_fn=fn, **kwargs)
 
-    hf._register(_HF_NAME, forward)
+    hf.register_function(_HF_NAME, forward)
     previous = model.config._attn_implementation
     model.set_attn_implementation(_HF_NAME)
     try:

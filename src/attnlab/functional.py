@@ -80,7 +80,7 @@ def attention(
         True
     """
     kern = get_kernel(kernel)
-    problem, out_shape = _canonical(
+    problem, out_shape = canonicalize(
         query, key, value, attn_mask, is_causal, scale, enable_gqa, eps, kern
     )
     _check_flag("return_weights", return_weights)
@@ -134,7 +134,7 @@ def _check_number(name: str, value: object, *, positive: bool) -> float:
     return value
 
 
-def _canonical(
+def canonicalize(
     query: Tensor,
     key: Tensor,
     value: Tensor,
@@ -145,7 +145,13 @@ def _canonical(
     eps: float,
     kernel: Kernel,
 ) -> tuple[Problem, tuple[int, ...]]:
-    """Validate a call and bring it to the canonical 5-D layout; return it and the out shape."""
+    """Validate an :func:`attention` call and bring it to the canonical 5-D layout of
+    :class:`attnlab.backends.Problem`; returns it and the output shape. Approximations and
+    backends called directly use it to validate exactly as :func:`attention` does.
+
+    Raises:
+        TypeError, ValueError: as :func:`attention`.
+    """
     for name, t in (("query", query), ("key", key), ("value", value)):
         if not isinstance(t, Tensor):
             raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")

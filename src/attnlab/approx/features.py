@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..backends._common import Problem, causal_visible
-from ..functional import _canonical
+from ..functional import canonicalize
 from ..kernels import Kernel, get_kernel
 from .topk import _check_positive_int
 
@@ -126,7 +126,7 @@ def orthogonal_random_features(
 
 def _prepare(method, query, key, value, attn_mask, is_causal, scale, enable_gqa, eps, kernel=None):
     """Validate through attnlab's canonical layout; return (problem, out_shape, key_keep)."""
-    problem, out_shape = _canonical(
+    problem, out_shape = canonicalize(
         query, key, value, attn_mask, is_causal, scale, enable_gqa, eps,
         kernel or get_kernel("softmax"),
     )

@@ -27,7 +27,7 @@ import torch
 from torch import Tensor
 
 from ..backends._common import normalizer, tile_weights
-from ..functional import _canonical
+from ..functional import canonicalize
 from ..kernels import Kernel, get_kernel
 from .topk import _check_positive_int
 
@@ -110,7 +110,7 @@ def nystrom_attention(
         raise TypeError(f"num_landmarks must be an int, got {type(num_landmarks).__name__}")
     if pinv_iterations is not None:
         _check_positive_int("pinv_iterations", pinv_iterations)
-    p, out_shape = _canonical(query, key, value, None, is_causal, scale, enable_gqa, 0.0, kern)
+    p, out_shape = canonicalize(query, key, value, None, is_causal, scale, enable_gqa, 0.0, kern)
     L, S = p.q.shape[-2], p.k.shape[-2]
     if not 1 <= num_landmarks <= min(L, S):
         raise ValueError(

@@ -29,7 +29,7 @@ from torch import Tensor
 from torch.autograd.function import once_differentiable
 
 from ..backends._common import fresh, normalizer, tile_visible, tile_weights
-from ..functional import _canonical
+from ..functional import canonicalize
 from ..kernels import Kernel, get_kernel
 
 __all__ = ["DEFAULT_TILE_ELEMENTS", "topk_attention"]
@@ -194,7 +194,7 @@ def topk_attention(
     if chunk_size is not None:
         chunk_size = _check_positive_int("chunk_size", chunk_size)
     kern = get_kernel(kernel)
-    p, out_shape = _canonical(query, key, value, attn_mask, is_causal, scale, enable_gqa, eps, kern)
+    p, out_shape = canonicalize(query, key, value, attn_mask, is_causal, scale, enable_gqa, eps, kern)
     N, H, G, L, _ = p.q.shape
     S = p.k.shape[-2]
     chunk = chunk_size or max(1, min(L, DEFAULT_TILE_ELEMENTS // max(1, N * H * G * S)))

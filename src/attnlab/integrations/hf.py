@@ -32,7 +32,7 @@ from torch import Tensor
 from ..functional import attention
 from ..kernels import available_kernels, get_kernel
 
-__all__ = ["attention_forward", "hf_mask_to_bool", "register", "register_approximation"]
+__all__ = ["attention_forward", "hf_mask_to_bool", "register", "register_approximation", "register_function"]
 
 PREFIX = "attnlab-"
 
@@ -109,7 +109,10 @@ def attention_forward(
     return out.transpose(1, 2).contiguous(), None
 
 
-def _register(name: str, fn: Callable[..., tuple[Tensor, None]]) -> str:
+def register_function(name: str, fn: Callable[..., tuple[Tensor, None]]) -> str:
+    """Register any attention function under ``name`` in transformers' ``AttentionInterface``,
+    with transformers' boolean mask builder for it in ``AttentionMaskInterface`` (without it a
+    custom name receives no padding mask). Returns ``name``."""
     from transformers import AttentionInterface
     from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
@@ -131,7 +134,7 @@ def register(kernels: list[str] | None = None) -> list[str]:
     names = available_kernels() if kernels is None else list(kernels)
     for name in names:
         get_kernel(name)  # validates
-    return [_register(PREFIX + name, functools.partial(
+    return [register_function(PREFIX + name, functools.partial(
         attention_forward, attention_fn=functools.partial(attention, kernel=name))) for name in names]
 
 
@@ -151,4 +154,4 @@ def register_approximation(name: str, method: str, **options: Any) -> str:
         raise TypeError(f"name must be a non-empty str, got {name!r}")
     get_approximation(method)  # validates the method before registering
     fn = functools.partial(approximate_attention, method=method, **options)
-    return _register(f"{PREFIX}approx-{name}", functools.partial(attention_forward, attention_fn=fn))
+    return register_function(f"{PREFIX}approx-{name}", functools.partial(attention_forward, attention_fn=fn))

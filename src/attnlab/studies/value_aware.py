@@ -220,7 +220,7 @@ def _hf_rows(run: RunDir, preset: ValueAwarePreset, name: str, seed: int, bar: A
                 probe = LayerProbe(_m, _r, kernel="softmax", eps=0.0, layer=int(module.layer_idx), stats=_stats)
                 return hf.attention_forward(module, q, k, v, mask, *args, attention_fn=probe, **kw)
 
-            impl = hf._register(f"attnlab-study-{method}-{r}", forward)
+            impl = hf.register_function(f"attnlab-study-{method}-{r}", forward)
             model.set_attn_implementation(impl)
             try:
                 with torch.no_grad():
