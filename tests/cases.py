@@ -57,6 +57,15 @@ class Case:
         return bool(self.Hkv) and self.Hkv != self.H
 
 
+def backend_kernel_pairs() -> list[tuple[str, str]]:
+    """Every (registered backend, kernel it supports): registering a backend enrols it."""
+    import attnlab
+    from attnlab.backends import available_backends, get_backend
+
+    return [(b, k) for b in available_backends() for k in attnlab.available_kernels()
+            if get_backend(b).supports(attnlab.get_kernel(k))]
+
+
 CASES = [
     Case(),
     Case(causal=True),

@@ -9,17 +9,13 @@ import pytest
 import torch
 
 import attnlab
-from attnlab.backends import available_backends, get_backend
 from attnlab.backends.chunked import chunked_attention
 from attnlab.functional import canonicalize
 from attnlab.testing import assert_close, plain_attention
-from cases import CASES, Case, skip_if_refused
+from cases import CASES, Case, backend_kernel_pairs, skip_if_refused
 
 KERNELS = attnlab.available_kernels()
-PAIRS = [
-    (b, k) for b in available_backends() for k in KERNELS
-    if get_backend(b).supports(attnlab.get_kernel(k))
-]
+PAIRS = backend_kernel_pairs()
 
 
 def _run(case: Case, q, k, v, mask, **kw):

@@ -6,16 +6,13 @@ import pytest
 import torch
 
 import attnlab
-from attnlab.backends import available_backends, get_backend
+from attnlab.backends import get_backend
 from attnlab.functional import canonicalize
 from attnlab.testing import assert_close
-from cases import Case, skip_if_refused
+from cases import Case, backend_kernel_pairs, skip_if_refused
 
 KERNELS = attnlab.available_kernels()
-PAIRS = [
-    (b, k) for b in available_backends() for k in KERNELS
-    if get_backend(b).supports(attnlab.get_kernel(k))
-]
+PAIRS = backend_kernel_pairs()
 
 
 @pytest.mark.parametrize(("backend", "kernel"), PAIRS, ids=lambda x: x)

@@ -40,13 +40,7 @@ def counting_source():
     T.register_source("counting", CountingSource, overwrite=True)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models run fastest on one thread (and do not fight a busy machine's other jobs)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def small(tmp_path: Path, **train) -> T.RunConfig:
