@@ -33,6 +33,26 @@ def test_weights_and_closed_form_vjp(name):
     assert_close(kern.weights_vjp(s, g), want)
 
 
+@pytest.mark.parametrize("name", [*FORMULAS, "user"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["fp32", "fp64"])
+def test_fused_in_place_weights_and_vjp(name, dtype):
+    """weights_and_vjp_ (the chunked backward's fused form) equals weights and vjp, overwrites
+    both of its arguments, and keeps EA exact for tiny and huge scores (no cancellation)."""
+    kern = Kernel("user", lambda s: s.abs() ** 3) if name == "user" else get_kernel(name)
+    huge = 1e4 if not kern.exponential else 6.0  # softmax sees max-shifted scores only
+    s = torch.cat([torch.linspace(-6, 6, 101), torch.tensor([0.0, 1e-20, -1e-4, huge])]).to(dtype)
+    g = torch.randn(s.shape, dtype=dtype, generator=torch.Generator().manual_seed(1))
+    want_a, want_g = kern.weights(s), kern.weights_vjp(s, g)
+    s_buf, g_buf = s.clone(), g.clone()
+    a = kern.weights_and_vjp_(s_buf, g_buf)
+    assert_close(a, want_a)
+    assert_close(g_buf, want_g)
+    if name != "user":
+        assert a.data_ptr() == s_buf.data_ptr()
+    if name == "expressive":
+        assert (a[-3:-1] / want_a[-3:-1] - 1).abs().max() < 1e-5  # relative, where f ~ s^2
+
+
 def test_expressive_shape():
     """EA is large for (anti)parallel q, k and small for orthogonal ones, bounded in [0, 1)."""
     f = get_kernel("expressive").weights

@@ -47,8 +47,9 @@ class Kernel:
             through ``weights`` (correct, a little slower).
         weights_: optional in-place f (overwrites and returns its argument); backends that own
             their score buffers use it to save memory passes. Defaults to ``weights``.
-        weights_and_derivative: optional fused closed form of ``(f(s), f'(s))``, used by
-            recomputing backward passes; by default ``weights`` and ``vjp`` with a unit gradient.
+        weights_and_vjp_: optional fused in-place ``(s, g) -> f(s)`` that overwrites ``g`` with
+            ``g * f'(s)`` and ``s`` with ``f(s)`` (returned); the recomputing backward of the
+            ``chunked`` backend calls it on buffers it owns. By default ``vjp`` then ``weights_``.
         exponential: True only for softmax: backends subtract the row maximum before f and
             normalize without ``eps``.
         doc: the one-line formula shown by ``repr``.
@@ -61,7 +62,7 @@ class Kernel:
         vjp: VjpFn | None = None,
         *,
         weights_: WeightFn | None = None,
-        weights_and_derivative: Callable[[Tensor], tuple[Tensor, Tensor]] | None = None,
+        weights_and_vjp_: VjpFn | None = None,
         exponential: bool = False,
         doc: str = "",
     ) -> None:
@@ -69,7 +70,7 @@ class Kernel:
         self._weights = weights
         self._vjp = vjp
         self._weights_ = weights_
-        self._weights_and_derivative = weights_and_derivative
+        self._weights_and_vjp_ = weights_and_vjp_
         self.exponential = exponential
         self.doc = doc
 
@@ -81,11 +82,13 @@ class Kernel:
         """f(s) computed in place where the kernel knows how (``s`` is overwritten); no autograd."""
         return self._weights_(s) if self._weights_ is not None else self._weights(s)
 
-    def weights_and_derivative(self, s: Tensor) -> tuple[Tensor, Tensor]:
-        """(f(s), f'(s)) elementwise, in one pass where the kernel has a fused form."""
-        if self._weights_and_derivative is not None:
-            return self._weights_and_derivative(s)
-        return self.weights(s), self.weights_vjp(s, torch.ones_like(s))
+    def weights_and_vjp_(self, s: Tensor, grad_weights: Tensor) -> Tensor:
+        """In place, no autograd: overwrite ``grad_weights`` with ``grad_weights * f'(s)`` and
+        ``s`` with f(s); return f(s) (``s`` itself for the built-ins)."""
+        if self._weights_and_vjp_ is not None:
+            return self._weights_and_vjp_(s, grad_weights)
+        grad_weights.copy_(self.weights_vjp(s, grad_weights))
+        return self.weights_(s)
 
     def weights_vjp(self, s: Tensor, grad_weights: Tensor) -> Tensor:
         """``grad_weights * f'(s)``: the gradient of the scores given that of the weights."""
@@ -114,16 +117,30 @@ def _ea_(s: Tensor) -> Tensor:
     return s.pow_(-2).add_(1.0).reciprocal_()
 
 
-def _ea_and_derivative(s: Tensor) -> tuple[Tensor, Tensor]:
-    # with u = 1 / (1 + s^2): f = s * (s u) and f' = 2 (s u) u
-    u = s.square().add_(1.0).reciprocal_()
-    su = s * u
-    return su * s, su.mul_(u).mul_(2.0)
+_ONE = torch.ones(())
 
 
-def _relu2_and_derivative(s: Tensor) -> tuple[Tensor, Tensor]:
-    r = torch.relu(s)
-    return r.square(), r.mul_(2.0)
+def _ea_and_vjp_(s: Tensor, g: Tensor) -> Tensor:
+    # with u = 1 / (1 + s^2): f' = 2 s u^2 and f = s^2 u; one temporary, no cancellation
+    u = torch.addcmul(_ONE.to(s), s, s).reciprocal_()
+    g.mul_(s).mul_(u).mul_(u).mul_(2.0)
+    return s.square_().mul_(u)
+
+
+def _squared_and_vjp_(s: Tensor, g: Tensor) -> Tensor:
+    g.mul_(s).mul_(2.0)
+    return s.square_()
+
+
+def _relu_and_vjp_(s: Tensor, g: Tensor) -> Tensor:
+    g.mul_(s > 0)
+    return s.relu_()
+
+
+def _relu2_and_vjp_(s: Tensor, g: Tensor) -> Tensor:
+    s.relu_()
+    g.mul_(s).mul_(2.0)
+    return s.square_()
 
 
 def _ea_vjp(s: Tensor, g: Tensor) -> Tensor:
@@ -146,7 +163,7 @@ _BUILTINS = [
         _ea,
         _ea_vjp,
         weights_=_ea_,
-        weights_and_derivative=_ea_and_derivative,
+        weights_and_vjp_=_ea_and_vjp_,
         doc="f(s) = s^2 / (1 + s^2), expressive attention (EA, Gros 2024); bounded in [0, 1)",
     ),
     Kernel(
@@ -154,18 +171,23 @@ _BUILTINS = [
         torch.square,
         lambda s, g: g * 2.0 * s,
         weights_=torch.square_,
-        weights_and_derivative=lambda s: (s.square(), s * 2.0),
+        weights_and_vjp_=_squared_and_vjp_,
         doc="f(s) = s^2",
     ),
     Kernel(
-        "relu", torch.relu, lambda s, g: g * (s > 0).to(g.dtype), weights_=torch.relu_, doc="f(s) = max(s, 0)"
+        "relu",
+        torch.relu,
+        lambda s, g: g * (s > 0).to(g.dtype),
+        weights_=torch.relu_,
+        weights_and_vjp_=_relu_and_vjp_,
+        doc="f(s) = max(s, 0)",
     ),
     Kernel(
         "relu2",
         lambda s: torch.relu(s).square(),
         lambda s, g: g * 2.0 * torch.relu(s),
         weights_=lambda s: s.relu_().square_(),
-        weights_and_derivative=_relu2_and_derivative,
+        weights_and_vjp_=_relu2_and_vjp_,
         doc="f(s) = max(s, 0)^2",
     ),
 ]

@@ -27,17 +27,20 @@ from ._common import Problem, fresh, normalizer, tile_visible, tile_weights
 
 #: Default number of score elements in one tile (fp32: 8 MiB).
 DEFAULT_TILE_ELEMENTS = 1 << 21
-#: Default upper bound on queries per tile: the tile fills up with heads and batch instead,
-#: and under ``is_causal`` smaller query blocks skip more of the hidden upper triangle.
+#: Default upper bound on queries per tile: the tile fills up with heads and batch instead.
 DEFAULT_BLOCK_Q = 256
+#: The same under ``is_causal``, where smaller query blocks skip more of the hidden upper
+#: triangle (at L=256 the causal forward+backward is 1.5x faster with 128 than with 256).
+DEFAULT_CAUSAL_BLOCK_Q = 128
 
 
 def _block_sizes(shape: tuple[int, int, int, int, int], tile_elements: int,
-                 block_q: int | None) -> tuple[int, int, int]:
+                 block_q: int | None, causal: bool) -> tuple[int, int, int]:
     """(batch, heads, queries) per tile, so that a tile holds about ``tile_elements`` scores."""
     N, H, G, L, S = shape
     per_query = max(1, G * S)
-    bq = block_q or max(1, min(L, DEFAULT_BLOCK_Q, tile_elements // per_query))
+    cap = DEFAULT_CAUSAL_BLOCK_Q if causal else DEFAULT_BLOCK_Q
+    bq = block_q or max(1, min(L, cap, tile_elements // per_query))
     bh = max(1, min(H, tile_elements // (per_query * bq)))
     bn = max(1, min(N, tile_elements // (per_query * bq * H))) if bh == H else 1
     return bn, bh, bq
@@ -48,7 +51,7 @@ def _tiles(
 ) -> Iterator[tuple[slice, slice, int, int, int]]:
     """Yield (batch slice, head slice, q_start, q_end, k_end) covering (N, H, G, L, S)."""
     N, H, _, L, S = shape
-    bn, bh, bq = _block_sizes(shape, tile_elements, block_q)
+    bn, bh, bq = _block_sizes(shape, tile_elements, block_q, causal)
     for n0 in range(0, N, bn):
         for h0 in range(0, H, bh):
             for i0 in range(0, L, bq):
@@ -62,21 +65,26 @@ def _tile_weights(kernel: Kernel, s: Tensor, mask: Tensor | None, causal: bool, 
     """The kernel weights of a score tile, in place: the user mask through ``tile_weights``, the
     causal triangle only on the diagonal block (-inf before exp for softmax, 0 after f else)."""
     visible = tile_visible(mask, False, ns, hs, i0, i1, k_end, s.device)
-    future = _future_keys(i0, i1, k_end, s.device) if causal else None
-    if future is not None and kernel.exponential:
+    if causal and kernel.exponential and _crosses_diagonal(i0, k_end):
+        future = torch.arange(i0, k_end, device=s.device)[None, :] > torch.arange(i0, i1, device=s.device)[:, None]
         s[..., i0:].masked_fill_(future, float("-inf"))
     a, rm = tile_weights(kernel, s, visible, row_max, inplace=True)
-    if future is not None and not kernel.exponential:
-        a[..., i0:].masked_fill_(future, 0.0)
+    if causal and not kernel.exponential:
+        _zero_future_(a, i0, k_end)
     return a, rm
 
 
-def _future_keys(i0: int, i1: int, k_end: int, device: torch.device) -> Tensor | None:
-    """Bool (i1 - i0, k_end - i0), True where key i0 + c lies after query i0 + r: the part of a
-    causal tile above the diagonal, which starts at column i0. None when the tile is below it."""
-    if k_end - 1 <= i0:
-        return None
-    return torch.arange(i0, k_end, device=device)[None, :] > torch.arange(i0, i1, device=device)[:, None]
+def _crosses_diagonal(i0: int, k_end: int) -> bool:
+    """Whether a causal tile of queries from i0 and keys 0:k_end holds a key after a query."""
+    return k_end - 1 > i0
+
+
+def _zero_future_(t: Tensor, i0: int, k_end: int) -> None:
+    """Zero, in place, the part of a causal tile (queries from i0, keys 0:k_end) above the
+    diagonal: column i0 + c is after row r iff c > r, i.e. ``tril`` of the columns from i0
+    (measured 10x faster on CPU than ``masked_fill_`` with a broadcast bool mask)."""
+    if _crosses_diagonal(i0, k_end):
+        t[..., i0:].tril_()
 
 
 class _ChunkedAttention(torch.autograd.Function):
@@ -91,7 +99,7 @@ class _ChunkedAttention(torch.autograd.Function):
         row_max = fresh((N, H, G, L, 1), q, dtype) if kernel.exponential else None
         # One score buffer serves every tile: no allocator churn, and the peak memory is the
         # output plus a single tile.
-        bn, bh, bq = _block_sizes((N, H, G, L, S), tile_elements, block_q)
+        bn, bh, bq = _block_sizes((N, H, G, L, S), tile_elements, block_q, causal)
         buffer = torch.empty(min(bn, N) * min(bh, H) * G * min(bq, L) * S, dtype=dtype, device=q.device)
         for ns, hs, i0, i1, k_end in _tiles((N, H, G, L, S), causal, tile_elements, block_q):
             # The scale goes on the small query tile, never on a copy of all of q.
@@ -121,7 +129,7 @@ class _ChunkedAttention(torch.autograd.Function):
         dv = torch.zeros_like(vc)
         N, H, G, L, _ = q.shape
         S = k.shape[-2]
-        bn, bh, bq = _block_sizes((N, H, G, L, S), tile_elements, block_q)
+        bn, bh, bq = _block_sizes((N, H, G, L, S), tile_elements, block_q, causal)
         scores, d_scores = torch.empty(2, min(bn, N) * min(bh, H) * G * min(bq, L) * S, dtype=dtype, device=q.device)
         for ns, hs, i0, i1, k_end in _tiles((N, H, G, L, S), causal, tile_elements, block_q):
             qt, kt, vt = qc[ns, hs, :, i0:i1] * scale, kc[ns, hs, :, :k_end], vc[ns, hs, :, :k_end]
@@ -138,15 +146,13 @@ class _ChunkedAttention(torch.autograd.Function):
                 a, _ = _tile_weights(kernel, s, mask, causal, ns, hs, i0, i1, k_end, rm)
                 ds.mul_(a)
             else:
-                a, derivative = kernel.weights_and_derivative(s)
-                ds.mul_(derivative)
+                a = kernel.weights_and_vjp_(s, ds)
                 visible = tile_visible(mask, False, ns, hs, i0, i1, k_end, q.device)
-                future = _future_keys(i0, i1, k_end, q.device) if causal else None
                 for t in (a, ds):
                     if visible is not None:
                         t.mul_(visible)
-                    if future is not None:
-                        t[..., i0:].masked_fill_(future, 0.0)
+                    if causal:
+                        _zero_future_(t, i0, k_end)
             dv[ns, hs, :, :k_end] += (a.transpose(-1, -2) @ dot).sum(dim=2, keepdim=True)
             dq[ns, hs, :, i0:i1] = ds @ kt
             dk[ns, hs, :, :k_end] += (ds.transpose(-1, -2) @ qt).sum(dim=2, keepdim=True)
