@@ -171,9 +171,11 @@ def row_chunks(lay: Layout, budget: int = 2**19) -> Iterator[Layout]:
         yield replace(lay, p=lay.p[:, sl], visible=lay.visible[:, sl], o=lay.o[:, sl])
 
 
-def solve_in_chunks(lay: Layout, fn: Callable[[Layout], tuple[Tensor, ...]]) -> tuple[Tensor, ...]:
-    """Run ``fn`` (a Layout -> tensors (G, M_chunk, ...)) on row chunks and concatenate."""
-    parts = [fn(c) for c in row_chunks(lay)]
+def solve_in_chunks(lay: Layout, fn: Callable[[Layout], tuple[Tensor, ...]],
+                    budget: int = 2**19) -> tuple[Tensor, ...]:
+    """Run ``fn`` (a Layout -> tensors (G, M_chunk, ...)) on row chunks of about ``budget``
+    (row, key) elements (see :func:`row_chunks`) and concatenate."""
+    parts = [fn(c) for c in row_chunks(lay, budget)]
     return tuple(torch.cat(x, 1) for x in zip(*parts, strict=True))
 
 
@@ -271,7 +273,9 @@ def omp(p: Tensor, v: Tensor, r: int, *, visible: Tensor | None = None,
         TypeError, ValueError: see :func:`prepare`.
     """
     lay = prepare(p, v, r, visible)
-    idx, gamma = solve_in_chunks(lay, lambda c: _omp_rows(c, r))
+    # omp's per-row temporaries are small next to va-greedy's: bigger chunks (fewer, larger
+    # GEMMs) measured ~15% faster here (benchmarks/solvers.py).
+    idx, gamma = solve_in_chunks(lay, lambda c: _omp_rows(c, r), budget=2**21)
     out = _combine(gamma, gather_values(lay.v, idx))
     return _finish(lay, out, idx, gamma, return_support)
 
