@@ -106,6 +106,20 @@ def test_causal_chunk_sizes_agree(chunk):
     torch.testing.assert_close(out, ref, **TIGHT)
 
 
+@pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
+def test_feature_engine_gradcheck_with_broadcast_leading_dims(causal):
+    """The shared chunked engine (custom backward, recomputed per chunk) under gradcheck, with
+    query features shared by a batch of keys (leading dims that broadcast) and odd chunks."""
+    g = torch.Generator().manual_seed(3)
+    phi_q = torch.rand(7, 3, generator=g, dtype=torch.float64).requires_grad_()
+    phi_k = torch.rand(2, 6, 3, generator=g, dtype=torch.float64).requires_grad_()
+    v = torch.randn(1, 6, 2, generator=g, dtype=torch.float64).requires_grad_()
+    fn = lambda a, b, c: feature_attention(a, b, c, is_causal=causal, chunk_size=4)  # noqa: E731
+    assert torch.autograd.gradcheck(fn, (phi_q, phi_k, v))
+    want = materialized(phi_q.detach().expand(2, 7, 3), phi_k.detach(), v.detach().expand(2, 6, 2), causal, None)
+    torch.testing.assert_close(fn(phi_q, phi_k, v).detach(), want, **TIGHT)
+
+
 def test_orthogonal_random_features_are_orthogonal_blocks_and_seeded():
     w = orthogonal_random_features(20, 8, generator=torch.Generator().manual_seed(5))
     assert w.shape == (20, 8)

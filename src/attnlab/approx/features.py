@@ -8,7 +8,8 @@ Each method maps queries and keys to non-negative features phi and computes (sha
 in O((L + S) F D_v) time by associativity: phi(Q) (phi(K)^T V) over phi(Q) (phi(K)^T 1).
 Under ``is_causal`` (query i sees keys j <= i) the sums become prefix sums, computed chunk by
 chunk (:func:`feature_attention`): quadratic with a causal triangle inside a chunk, a running
-(F, D_v) state across chunks.
+(F, D_v) state across chunks. The engine is the one the exact ``linear`` backend uses
+(:mod:`attnlab.backends._features`), with a backward that recomputes per chunk.
 
 - ``performer`` (FAVOR+, Choromanski et al. 2021): phi(x) = exp(w_r . x' - abs(x')^2 / 2) /
   sqrt(F) with x' = sqrt(scale) x and random w_r; phi(q).phi(k) is an unbiased estimate of
@@ -31,7 +32,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..backends._common import Problem, causal_visible
+from ..backends._common import Problem
+from ..backends._features import chunked_feature_attention
 from ..functional import canonicalize
 from ..kernels import Kernel, get_kernel
 from .topk import _check_positive_int
@@ -76,29 +78,14 @@ def feature_attention(
             f"phi_q (..., L, F), phi_k (..., S, F) and value (..., S, D_v) do not fit: got "
             f"{tuple(phi_q.shape)}, {tuple(phi_k.shape)}, {tuple(value.shape)}"
         )
-    L, S = phi_q.shape[-2], phi_k.shape[-2]
-    lead = torch.broadcast_shapes(phi_q.shape[:-2], phi_k.shape[:-2], value.shape[:-2])
-    ones = value.new_ones((*value.shape[:-1], 1))
-    v1 = torch.cat([value, ones], dim=-1)  # the last column gives the normalizer
-    if not is_causal:
-        num = phi_q @ (phi_k.transpose(-1, -2) @ v1)
-        return _normalize(num.expand(*lead, L, v1.shape[-1]), eps)
-    state = value.new_zeros((*lead, phi_q.shape[-1], v1.shape[-1]))
-    outs = []
-    for t0 in range(0, L, chunk_size):
-        t1 = min(L, t0 + chunk_size)
-        qc = phi_q[..., t0:t1, :]
-        num = qc @ state
-        if t0 < S:
-            k1 = min(S, t1)
-            kc, vc = phi_k[..., t0:k1, :], v1[..., t0:k1, :]
-            tri = causal_visible(t0, t1, k1, qc.device)[:, t0:]
-            num = num + ((qc @ kc.transpose(-1, -2)) * tri) @ vc
-            state = state + kc.transpose(-1, -2) @ vc
-        outs.append(num)
-    if not outs:
-        return value.new_zeros((*lead, 0, value.shape[-1]))
-    return _normalize(torch.cat(outs, dim=-2), eps)
+    v1 = torch.cat([value, value.new_ones((*value.shape[:-1], 1))], dim=-1)  # last column: normalizer
+    y = chunked_feature_attention(phi_q, phi_k, v1, phi_q=_identity, phi_k=_identity, is_causal=is_causal,
+                                  chunk_size=chunk_size)
+    return _normalize(y, eps)
+
+
+def _identity(x: Tensor) -> Tensor:
+    return x
 
 
 def _normalize(num_and_sum: Tensor, eps: float) -> Tensor:

@@ -13,13 +13,15 @@ numerator and the normalizer of every query from one product with a (F, D_v + 1)
 (the same ``eps``, zero rows and fp32 accumulation as the ``reference`` backend). Non-causal
 attention costs O((L + S) F D_v); causal attention walks chunks of C positions: inside a chunk
 the causal triangle is applied to the quadratic scores, and the state of the chunks before it
-covers the rest, O(L (C D + F D_v)) in all.
+covers the rest, O(L (C D + F D_v)) in all (the engine in :mod:`._features`, shared with the
+feature approximations; inside a chunk the squared kernel is applied to the D-dimensional
+scores instead of the F-dimensional features).
 
 A mask can only be honoured in linear time when it is the same for every query (key padding):
 a masked key's features are zeroed. A mask that varies over queries raises ``ValueError``.
 
-The autograd Function saves q, k, v and the state before each chunk (O(L/C F D_v) memory) and
-recomputes each chunk's features in backward, where autograd differentiates one chunk at a time.
+Backward saves q, k, v and the state before each chunk (O(L/C F D_v) memory) and recomputes
+each chunk's features.
 """
 
 from __future__ import annotations
@@ -28,10 +30,10 @@ import math
 
 import torch
 from torch import Tensor
-from torch.autograd.function import once_differentiable
 
 from ..kernels import Kernel, get_kernel
-from ._common import Problem, causal_visible, fresh, normalizer, tile_weights
+from ._common import Problem, normalizer
+from ._features import chunked_feature_attention
 
 __all__ = [
     "DEFAULT_CHUNK_SIZE",
@@ -82,114 +84,6 @@ _VARYING_MASK = (
 )
 
 
-def _chunk_output(qs, k, v1, state, keep, kernel, causal, i0, i1):
-    """[num, z] of queries i0:i1: their chunk's keys through the kernel (causal triangle and key
-    mask applied), plus the features of the queries times the state of the earlier chunks."""
-    y = degree2_features(qs) @ state
-    if causal and k.shape[-2] > 0:
-        s = qs @ k.transpose(-1, -2)
-        visible = causal_visible(i0, i1, i0 + k.shape[-2], qs.device)[:, i0:]
-        if keep is not None:
-            visible = visible & (keep.transpose(-1, -2) > 0)
-        a, _ = tile_weights(kernel, s, visible)
-        y = y + a @ v1
-    return y
-
-
-def _chunk_state(k, v1, keep):
-    """The state increment phi(k)^T [v, 1] of a chunk's keys, masked keys zeroed."""
-    f = degree2_features(k)
-    if keep is not None:
-        f = f * keep
-    return f.transpose(-1, -2) @ v1
-
-
-class _LinearSquared(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, qs, k, v1, keep, kernel, causal, chunk):
-        L, S = qs.shape[-2], k.shape[-2]
-        F = k.shape[-1] * (k.shape[-1] + 1) // 2
-        g_state = keep.shape[2] if keep is not None else 1
-        state = qs.new_zeros((*k.shape[:2], g_state, F, v1.shape[-1]))
-        y = fresh((*qs.shape[:-1], v1.shape[-1]), qs)
-        states = []
-        if causal:
-            for i0 in range(0, L, chunk):
-                i1, j1 = min(L, i0 + chunk), min(S, i0 + chunk)
-                kc, vc = k[..., i0:j1, :], v1[..., i0:j1, :]
-                kp = keep[..., i0:j1, :] if keep is not None else None
-                states.append(state)
-                y[..., i0:i1, :] = _chunk_output(qs[..., i0:i1, :], kc, vc, state, kp, kernel, True, i0, i1)
-                if i0 < S:
-                    state = state + _chunk_state(kc, vc, kp)
-        else:
-            for j0 in range(0, S, chunk):
-                kp = keep[..., j0:j0 + chunk, :] if keep is not None else None
-                state = state + _chunk_state(k[..., j0:j0 + chunk, :], v1[..., j0:j0 + chunk, :], kp)
-            for i0 in range(0, L, chunk):
-                y[..., i0:i0 + chunk, :] = degree2_features(qs[..., i0:i0 + chunk, :]) @ state
-            states.append(state)
-        if not states:  # no queries: backward still needs the state's shape
-            states.append(state)
-        ctx.save_for_backward(qs, k, v1, keep, *states)
-        ctx.config = (kernel, causal, chunk)
-        return y
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, dy):
-        qs, k, v1, keep, *states = ctx.saved_tensors
-        kernel, causal, chunk = ctx.config
-        L, S = qs.shape[-2], k.shape[-2]
-        dq, dk, dv1 = torch.zeros_like(qs), torch.zeros_like(k), torch.zeros_like(v1)
-        # carry = d(loss)/d(state) summed over the chunks after the current one.
-        carry = torch.zeros_like(states[0])
-        if not causal:
-            for i0 in range(0, L, chunk):
-                qc = qs[..., i0:i0 + chunk, :].detach().requires_grad_(True)
-                with torch.enable_grad():
-                    f = degree2_features(qc)
-                    (dq[..., i0:i0 + chunk, :],) = torch.autograd.grad(f, qc, dy[..., i0:i0 + chunk, :] @ states[0].mT)
-                carry = carry + _reduce_groups(f.detach().mT @ dy[..., i0:i0 + chunk, :], carry)
-            for j0 in range(0, S, chunk):
-                _state_backward(k, v1, keep, carry, dk, dv1, j0, min(S, j0 + chunk))
-            return dq, dk, dv1, None, None, None, None
-        starts = list(range(0, L, chunk))
-        for c in reversed(range(len(starts))):
-            i0 = starts[c]
-            i1, j1 = min(L, i0 + chunk), min(S, i0 + chunk)
-            if i0 < S:
-                _state_backward(k, v1, keep, carry, dk, dv1, i0, j1)
-            qc, kc, vc = (t[..., i0:i1 if t is qs else j1, :].detach().requires_grad_(True) for t in (qs, k, v1))
-            kp = keep[..., i0:j1, :] if keep is not None else None
-            with torch.enable_grad():
-                y = _chunk_output(qc, kc, vc, states[c], kp, kernel, True, i0, i1)
-                grads = torch.autograd.grad(y, (qc, kc, vc), dy[..., i0:i1, :], allow_unused=True)
-            dq[..., i0:i1, :] = grads[0]
-            for acc, g in ((dk, grads[1]), (dv1, grads[2])):
-                if g is not None:
-                    acc[..., i0:j1, :] += _reduce_groups(g, acc[..., i0:j1, :])
-            carry = carry + _reduce_groups(degree2_features(qs[..., i0:i1, :]).mT @ dy[..., i0:i1, :], carry)
-        return dq, dk, dv1, None, None, None, None
-
-
-def _reduce_groups(grad: Tensor, like: Tensor) -> Tensor:
-    """Sum a gradient over the dims in which ``like`` is broadcast (size 1)."""
-    dims = [d for d in range(grad.dim()) if like.shape[d] == 1 and grad.shape[d] != 1]
-    return grad.sum(dim=dims, keepdim=True) if dims else grad
-
-
-def _state_backward(k, v1, keep, carry, dk, dv1, j0, j1):
-    """Accumulate into dk, dv1 the gradient of keys j0:j1 through their state increment."""
-    kc, vc = k[..., j0:j1, :].detach().requires_grad_(True), v1[..., j0:j1, :].detach().requires_grad_(True)
-    kp = keep[..., j0:j1, :] if keep is not None else None
-    with torch.enable_grad():
-        u = _chunk_state(kc, vc, kp)
-        gk, gv = torch.autograd.grad(u, (kc, vc), carry)
-    dk[..., j0:j1, :] += gk
-    dv1[..., j0:j1, :] += gv
-
-
 def linear_attention(problem: Problem, *, chunk_size: int = DEFAULT_CHUNK_SIZE) -> Tensor:
     """Squared-kernel attention on a canonical :class:`Problem` through degree-2 features.
 
@@ -222,7 +116,11 @@ def linear_attention(problem: Problem, *, chunk_size: int = DEFAULT_CHUNK_SIZE) 
         rows = problem.mask[..., :1, :]
         keep = rows.expand(*rows.shape[:-1], k.shape[-2]).transpose(-1, -2).to(dtype)
     v1 = torch.cat([v, v.new_ones((*v.shape[:-1], 1))], dim=-1)
-    y = _LinearSquared.apply(q * problem.scale, k, v1, keep, problem.kernel, problem.is_causal, chunk_size)
+    kernel = problem.kernel
+    y = chunked_feature_attention(
+        q * problem.scale, k, v1, phi_q=degree2_features, phi_k=degree2_features, is_causal=problem.is_causal,
+        chunk_size=chunk_size, keep=keep, intra=lambda qs, kc: kernel.weights(qs @ kc.transpose(-1, -2)),
+    )
     # Rounding in the feature products can leave a tiny negative z where the exact one is ~0.
     z = normalizer(problem.kernel, y[..., -1:].clamp_min(0.0), problem.eps)
     return (y[..., :-1] / z).to(problem.q.dtype)
