@@ -48,6 +48,9 @@ def test_tiny_end_to_end(tmp_path):
         assert (int(r["steps_to_100"]) if r["steps_to_100"] else None) == first
     for task in p.levels:
         assert (path / f"accuracy_{task}.png").stat().st_size > 0
+    # finished cells keep their weights but not the optimizer state
+    assert len(list(path.glob("cells/*/checkpoints/step_*/model.safetensors"))) == n_cells
+    assert not list(path.glob("cells/*/checkpoints/step_*/state.pt"))
     report = (path / "report.md").read_text()
     assert "## Claims" in report and "![accuracy vs complexity, mixture](accuracy_mixture.png)" in report
     for task in p.levels:

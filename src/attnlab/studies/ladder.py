@@ -249,15 +249,24 @@ def _train_all(preset: LadderPreset, run_dir: RunDir) -> dict[str, dict[str, Any
                     else:
                         results[key] = cached
     bar = tqdm(total=len(todo) + len(results), initial=len(results), desc="ladder cells", dynamic_ncols=True)
+
+    def record(key: str, result: dict[str, Any]) -> None:
+        """Cache a finished cell, then drop its optimizer/RNG state (needed only to continue an
+        unfinished cell; ~2x the weights): the weights stay for inspection."""
+        results[key] = result
+        run_dir.save_cell(key, result)
+        for state in (run_dir.path / "cells" / key / "checkpoints").glob("step_*/state.pt"):
+            state.unlink()
+        bar.set_postfix_str(key)
+        bar.update(1)
+
     if preset.workers == 1:
         threads = torch.get_num_threads()
         torch.set_num_threads(preset.threads)
         try:
             for key, args in todo:
                 bar.set_postfix_str(key)
-                results[key] = train_cell(*args)
-                run_dir.save_cell(key, results[key])
-                bar.update(1)
+                record(key, train_cell(*args))
         finally:
             torch.set_num_threads(threads)
     elif todo:
@@ -266,11 +275,7 @@ def _train_all(preset: LadderPreset, run_dir: RunDir) -> dict[str, dict[str, Any
         try:
             futures = {pool.submit(_worker_cell, args): key for key, args in todo}
             for future in as_completed(futures):
-                key = futures[future]
-                results[key] = future.result()
-                run_dir.save_cell(key, results[key])
-                bar.set_postfix_str(key)
-                bar.update(1)
+                record(futures[future], future.result())
         finally:  # on an interruption, drop the queued cells instead of training them all first
             pool.shutdown(wait=True, cancel_futures=True)
     bar.close()
