@@ -32,12 +32,20 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import torch
 import torch.distributed as dist
-from torch import Tensor
 
+from .data.sources import (
+    BatchSource,
+    CorpusSource,
+    TaskSource,
+    available_sources,
+    fit_model_config,
+    make_source,
+    register_source,
+)
 from .io import atomic_write_text
 from .models import ModelConfig, apply_overrides, build_model, from_dict, masked_cross_entropy, to_dict
 from .models.config import check_field_types
@@ -50,102 +58,9 @@ __all__ = [
 ]
 
 
-# --- data sources ----------------------------------------------------------------------------
-
-
-class BatchSource(Protocol):
-    """What the loop needs from data: ``vocab_size``, ``seq_len`` and ``next``.
-
-    ``next(batch_size, generator, split)`` returns (inputs, targets, loss_mask), LongTensor,
-    LongTensor and bool (batch_size, seq_len), drawing randomness from ``generator`` only (the
-    loop checkpoints it). ``targets[:, t]`` is the token after ``inputs[:, :t + 1]``.
-    """
-
-    vocab_size: int
-    seq_len: int
-
-    def next(self, batch_size: int, generator: torch.Generator,
-             split: str = "train") -> tuple[Tensor, Tensor, Tensor]: ...
-
-
-class CorpusSource:
-    """Random windows of ``context + 1`` tokens of a tokenized corpus (``attnlab.data``)."""
-
-    def __init__(self, cfg: DataConfig, context: int) -> None:
-        from .data import corpus, tokenizers
-
-        self._corpus, self._cfg, self._streams = corpus, cfg, {}
-        self.tokenizer = tokenizers.get_tokenizer(cfg.tokenizer)
-        self.vocab_size, self.seq_len = int(self.tokenizer.vocab_size), context
-
-    def next(self, batch_size: int, generator: torch.Generator, split: str = "train"):
-        if split not in self._streams:
-            text = self._corpus.load_corpus(self._cfg.name, split=split, max_bytes=self._cfg.max_bytes)
-            tokens = torch.as_tensor(self.tokenizer.encode(text), dtype=torch.long)
-            self._streams[split] = self._corpus.TokenStream(tokens, self.seq_len)
-        x, y = self._streams[split].batch(batch_size, generator)
-        return x, y, torch.ones(x.shape, dtype=torch.bool)
-
-
-class TaskSource:
-    """Batches of a synthetic task of ``attnlab.data.tasks``; the loss mask is ``predictable``."""
-
-    def __init__(self, cfg: DataConfig, context: int) -> None:
-        from .data import tasks
-
-        self._tasks = tasks
-        self.task = tasks.task_config(cfg.name, cfg.complexity, seed=cfg.task_seed)
-        self.vocab_size, self.seq_len = int(self.task.vocab_size), int(self.task.seq_len)
-
-    def next(self, batch_size: int, generator: torch.Generator, split: str = "train"):
-        seed = int(torch.randint(0, 2**62, (1,), generator=generator))
-        b = self._tasks.sample(self.task, batch_size, seed, split=split)
-        return b.inputs, b.targets, b.predictable
-
-
-_SOURCES: dict[str, Any] = {"corpus": CorpusSource, "task": TaskSource}
-
-
-def register_source(name: str, factory: Any, *, overwrite: bool = False) -> None:
-    """Register ``factory(data_config, context) -> BatchSource`` as ``data.source = name``."""
-    if not isinstance(name, str) or not name:
-        raise TypeError(f"name must be a non-empty str, got {name!r}")
-    if not callable(factory):
-        raise TypeError(f"factory must be callable, got {type(factory).__name__}")
-    if name in _SOURCES and not overwrite:
-        raise ValueError(f"source {name!r} is already registered; pass overwrite=True to replace it")
-    _SOURCES[name] = factory
-
-
-def available_sources() -> list[str]:
-    """Names accepted by ``data.source``."""
-    return list(_SOURCES)
-
-
-def make_source(data: DataConfig, model: ModelConfig) -> BatchSource:
-    """Build the source that ``data.source`` names (importing the data modules lazily)."""
-    return _SOURCES[data.source](data, model.context)
-
-
-def fit_model_config(model: ModelConfig, source: BatchSource) -> ModelConfig:
-    """``model`` with ``vocab_size`` taken from the source when unset, checked otherwise.
-
-    Raises:
-        ValueError: ``model.vocab_size`` below the source's, or ``model.context`` shorter than
-            the source's sequences.
-    """
-    if model.vocab_size is not None and model.vocab_size < source.vocab_size:
-        raise ValueError(f"model.vocab_size ({model.vocab_size}) must be >= the data's vocab size "
-                         f"({source.vocab_size}); leave it unset to take the data's")
-    if model.context < source.seq_len:
-        raise ValueError(f"model.context ({model.context}) must be >= the data's sequence length "
-                         f"({source.seq_len})")
-    return dataclasses.replace(model, vocab_size=model.vocab_size or source.vocab_size)
-
-
 @dataclass
 class DataConfig:
-    """Where batches come from (see :mod:`attnlab.train_data`).
+    """Where batches come from (the sources are in :mod:`attnlab.data.sources`).
 
     Attributes:
         source: a registered source: ``corpus`` (a text corpus, tokenized) or ``task`` (a
