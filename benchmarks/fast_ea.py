@@ -7,6 +7,10 @@ For each head dim D, causal flag and length L (batch B = tokens // L, so B * L i
     flex      attnlab backend 'flex' (torch FlexAttention, compiled on CUDA), kernel 'expressive';
               on CPU the forward only (torch has no CPU backward for it)
     linear    attnlab backend 'linear', kernel 'squared' (degree-2 features, linear in L)
+    triton    attnlab backend 'triton' (fused Triton kernels), kernels 'expressive' and 'squared',
+              wherever the backend is registered: CUDA with triton installed, or Triton's CPU
+              interpreter (TRITON_INTERPRET=1), which checks semantics and is far too slow to time
+              at these sizes (pick methods with --only)
     fla-based / fla-rebased   flash-linear-attention's parallel_based / parallel_rebased, CUDA
               only, if ``fla`` is installed. UNTESTED: written without access to a GPU.
 
@@ -31,6 +35,7 @@ import torch
 import torch.nn.functional as F
 
 import attnlab
+from attnlab.backends import available_backends
 from attnlab.backends.flex import flex_attention_backend, flex_unavailable_reason
 from attnlab.functional import canonicalize
 from attnlab.profiling import peak_memory, time_call
@@ -76,6 +81,9 @@ def methods(device: str) -> dict[str, Attn]:
     }
     if flex_unavailable_reason(device, needs_grad=False) is None:
         found["flex/expressive"] = _flex
+    if "triton" in available_backends():
+        found["triton/expressive"] = _attnlab("expressive", "triton")
+        found["triton/squared"] = _attnlab("squared", "triton")
     if device.startswith("cuda"):
         found.update(_fla_methods())
     return found

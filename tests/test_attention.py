@@ -1,6 +1,8 @@
 """Every registered backend x kernel x case against the float64 reference, with gradients.
 
-Registering a backend enrols it here: the sweep walks ``available_backends()``.
+Registering a backend enrols it here: the sweep walks ``available_backends()``. Backend ``triton``
+is the exception: tests/conftest.py routes it to tests/test_triton_backend.py, which runs these
+checks in float32/bf16/fp16 on the device its kernels run on (it refuses float64).
 """
 
 from __future__ import annotations

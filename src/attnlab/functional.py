@@ -57,7 +57,8 @@ def attention(
         enable_gqa: allow H to be a multiple of H_kv (grouped-query attention).
         eps: added to the normalizer of non-exponential kernels, >= 0.
         backend: ``"auto"`` (see ``attnlab.backends.resolve_backend``) or a registered name:
-            ``reference``, ``chunked``, ``sdpa`` (softmax only).
+            ``reference``, ``chunked``, ``sdpa`` (softmax only), ``linear``, and where registered
+            ``flex`` and ``triton`` (see ``attnlab.backends.available_backends()``).
         return_weights: also return the normalized weights (B..., H, L, S); needs the
             ``reference`` backend (``auto`` picks it).
 
@@ -84,7 +85,10 @@ def attention(
         query, key, value, attn_mask, is_causal, scale, enable_gqa, eps, kern
     )
     _check_flag("return_weights", return_weights)
-    chosen = resolve_backend(kern, return_weights=return_weights) if backend == "auto" else get_backend(backend)
+    if backend == "auto":
+        chosen = resolve_backend(kern, return_weights=return_weights, problem=problem)
+    else:
+        chosen = get_backend(backend)
     if not chosen.supports(kern):
         raise ValueError(f"backend {chosen.name!r} does not support kernel {kern.name!r}")
     refusal = chosen.accepts(problem)

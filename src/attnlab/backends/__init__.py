@@ -7,13 +7,16 @@ Each backend is a :class:`Backend` in a registry: its function takes a canonical
 
 from __future__ import annotations
 
+import functools
+import importlib.util
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
-from ..kernels import Kernel
+from ..kernels import Kernel, get_kernel
 from ._common import Problem
 from .chunked import chunked_attention
 from .flex import flex_attention_backend
@@ -91,19 +94,29 @@ def get_backend(name: str) -> Backend:
         ) from None
 
 
-def resolve_backend(kernel: Kernel, *, return_weights: bool = False) -> Backend:
+def resolve_backend(kernel: Kernel, *, return_weights: bool = False, problem: Problem | None = None) -> Backend:
     """What ``backend="auto"`` runs, for every input:
 
     1. ``return_weights=True``: ``reference`` (the only backend that materializes weights);
     2. the softmax kernel: ``sdpa`` (torch's fused kernels);
-    3. any other kernel: ``chunked`` (tiled, memory-efficient, recomputing backward).
+    3. a kernel the ``triton`` backend compiles (expressive, squared, relu, relu2), when
+       ``triton`` is registered, Triton's interpreter is off, and ``problem``'s tensors are on
+       CUDA in float16/bfloat16/float32 with head dims <= 128 (what the backend accepts): ``triton``;
+    4. any other kernel or input (every CPU input, float64, user kernels): ``chunked`` (tiled,
+       memory-efficient, recomputing backward).
 
-    The choice never depends on sequence length.
+    ``problem`` is the canonical call (:func:`attnlab.functional.canonicalize`); without it
+    rule 3 never applies. The choice never depends on sequence length.
     """
     if return_weights:
         return _REGISTRY["reference"]
     if kernel.exponential and _REGISTRY["sdpa"].supports(kernel):
         return _REGISTRY["sdpa"]
+    triton_backend = _REGISTRY.get("triton")
+    if (triton_backend is not None and problem is not None and problem.q.device.type == "cuda"
+            and not _triton_interpreter_requested() and triton_backend.supports(kernel)
+            and triton_backend.accepts(problem) is None):
+        return triton_backend
     return _REGISTRY["chunked"]
 
 
@@ -125,3 +138,65 @@ register_backend(Backend("linear", linear_attention, supports_linear, False,
 if torch.cuda.is_available():
     register_backend(Backend("flex", flex_attention_backend, lambda _: True, False,
                              "torch FlexAttention, score_mod = log f(s) and the eps from its log-sum-exp"))
+
+
+# --- triton --------------------------------------------------------------------------------
+# The kernels live in triton_kernels.py, which imports triton; it is imported on first use, so
+# that `import attnlab` never imports triton. The kernel ids are its tl.constexpr KERNEL values.
+_TRITON_KERNEL_IDS = {"expressive": 0, "squared": 1, "relu": 2, "relu2": 3}
+#: The largest D and D_v: a tile holds a whole head dim (padded to a power of two) in registers.
+_TRITON_MAX_HEAD_DIM = 128
+
+
+def _triton_interpreter_requested() -> bool:
+    """TRITON_INTERPRET=1: Triton runs its kernels in a CPU interpreter (checks, not speed)."""
+    return os.environ.get("TRITON_INTERPRET") == "1"
+
+
+@functools.cache
+def _triton_import_error() -> str | None:
+    """Why ``triton`` (and the kernels module) cannot be imported, or None; tried once."""
+    try:
+        from . import triton_kernels  # noqa: F401
+    except Exception as err:  # an ImportError, or a broken triton install failing otherwise
+        return f"backend 'triton' cannot import triton: {type(err).__name__}: {err}"
+    return None
+
+
+def _triton_supports(kernel: Kernel) -> bool:
+    """The built-in non-exponential kernels (the registry's own objects), not softmax or user ones."""
+    return kernel.name in _TRITON_KERNEL_IDS and get_kernel(kernel.name) is kernel
+
+
+def _triton_refusal(problem: Problem) -> str | None:
+    """Why the triton backend refuses ``problem`` (None when it accepts it)."""
+    if problem.q.dtype == torch.float64:
+        return ("backend 'triton' does not support float64 (its kernels compute in float32): "
+                "use backend 'chunked' or 'reference' for float64")
+    D, Dv = problem.q.shape[-1], problem.v.shape[-1]
+    if max(D, Dv) > _TRITON_MAX_HEAD_DIM:
+        return (f"backend 'triton' supports head dims up to {_TRITON_MAX_HEAD_DIM} (a tile holds a whole head "
+                f"dim), got D={D}, D_v={Dv}: use backend 'chunked'")
+    error = _triton_import_error()
+    if error is not None:
+        return error
+    from . import triton_kernels
+
+    if problem.q.device.type != "cuda" and not triton_kernels.INTERPRETED:
+        return (f"backend 'triton' needs CUDA tensors, got {problem.q.device.type} (Triton's interpreter, "
+                "TRITON_INTERPRET=1 before triton is imported, runs them on CPU): use backend 'chunked'")
+    return None
+
+
+def _triton_run(problem: Problem) -> Tensor:
+    from .triton_kernels import triton_attention
+
+    return triton_attention(problem)
+
+
+# Registered where its kernels can run: triton is installed and there is a GPU, or Triton's CPU
+# interpreter was requested (the tests do that on machines without CUDA).
+if importlib.util.find_spec("triton") is not None and (torch.cuda.is_available() or _triton_interpreter_requested()):
+    register_backend(Backend("triton", _triton_run, _triton_supports, False,
+                             "fused Triton kernels, forward and backward; expressive, squared, relu, relu2",
+                             accepts=_triton_refusal))
