@@ -104,7 +104,7 @@ class _ChunkedAttention(torch.autograd.Function):
         for ns, hs, i0, i1, k_end in _tiles((N, H, G, L, S), causal, tile_elements, block_q):
             # The scale goes on the small query tile, never on a copy of all of q.
             qt, kt = qc[ns, hs, :, i0:i1] * scale, kc[ns, hs, :, :k_end].transpose(-1, -2)
-            shape = (*torch.broadcast_shapes(qt.shape[:-2], kt.shape[:-2]), i1 - i0, k_end)
+            shape = (*qt.shape[:-2], i1 - i0, k_end)  # k's group dim is 1: q's leading dims
             s = torch.matmul(qt, kt, out=buffer[: math.prod(shape)].view(shape))
             a, rm = _tile_weights(kernel, s, mask, causal, ns, hs, i0, i1, k_end)
             zt = normalizer(kernel, a.sum(dim=-1, keepdim=True), eps)
@@ -133,7 +133,7 @@ class _ChunkedAttention(torch.autograd.Function):
         scores, d_scores = torch.empty(2, min(bn, N) * min(bh, H) * G * min(bq, L) * S, dtype=dtype, device=q.device)
         for ns, hs, i0, i1, k_end in _tiles((N, H, G, L, S), causal, tile_elements, block_q):
             qt, kt, vt = qc[ns, hs, :, i0:i1] * scale, kc[ns, hs, :, :k_end], vc[ns, hs, :, :k_end]
-            shape = (*torch.broadcast_shapes(qt.shape[:-2], kt.shape[:-2]), i1 - i0, k_end)
+            shape = (*qt.shape[:-2], i1 - i0, k_end)  # k's group dim is 1: q's leading dims
             s = torch.matmul(qt, kt.transpose(-1, -2), out=scores[: math.prod(shape)].view(shape))
             # With dO scaled by 1/Z per query, p never needs forming: dv = a^T dO/Z and
             # ds = f'(s) (dO/Z . v - D/Z) with D = dO . o; all per tile, no (L, D_v) temporaries.
@@ -153,11 +153,16 @@ class _ChunkedAttention(torch.autograd.Function):
                         t.mul_(visible)
                     if causal:
                         _zero_future_(t, i0, k_end)
-            dv[ns, hs, :, :k_end] += (a.transpose(-1, -2) @ dot).sum(dim=2, keepdim=True)
+            dv[ns, hs, :, :k_end] += _sum_groups(a.transpose(-1, -2) @ dot)
             dq[ns, hs, :, i0:i1] = ds @ kt
-            dk[ns, hs, :, :k_end] += (ds.transpose(-1, -2) @ qt).sum(dim=2, keepdim=True)
+            dk[ns, hs, :, :k_end] += _sum_groups(ds.transpose(-1, -2) @ qt)
         dq = dq.mul_(scale).to(q.dtype)
         return dq, dk.to(k.dtype), dv.to(v.dtype), None, None, None, None, None, None, None
+
+
+def _sum_groups(x: Tensor) -> Tensor:
+    """Sum a (n, h, G, S, D) key-side gradient over the G query heads that share a key head."""
+    return x if x.shape[2] == 1 else x.sum(dim=2, keepdim=True)
 
 
 def chunked_attention(
