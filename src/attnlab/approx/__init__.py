@@ -5,10 +5,11 @@ Two families, each with a registry by name:
 - practical methods with :func:`attnlab.attention`'s signature (``topk``, ``performer``,
   ``linear``, ``cosformer``, ``nystrom``): :func:`approximate_attention`;
 - r-sparse oracles for analysis, which need the exact weights (``topr``, ``topr-l2``,
-  ``va-greedy``, ``va-swap``, ``va-exact``, ``omp``): :func:`approximate_output`.
+  ``va-greedy``, ``va-swap``, ``va-exact``, ``omp``): :func:`approximate_output` on (p, V), and
+  :func:`oracle_attention` with :func:`attnlab.attention`'s signature.
 """
 
-from .oracles import approximate_output, available_oracles, get_oracle
+from .oracles import approximate_output, available_oracles, get_oracle, oracle_attention
 from .registry import (
     approximate_attention,
     available_approximations,
@@ -25,5 +26,6 @@ __all__ = [
     "available_oracles",
     "get_approximation",
     "get_oracle",
+    "oracle_attention",
     "register_approximation",
 ]

@@ -54,6 +54,12 @@ def combine_visible(mask: Tensor | None, causal: Tensor | None) -> Tensor | None
     return mask & causal
 
 
+def visibility(mask: Tensor | None, is_causal: bool, L: int, S: int, device: torch.device) -> Tensor | None:
+    """The whole visibility of a call: a user bool mask (broadcastable to (..., L, S)) AND the
+    causal (L, S) triangle, or None when every key is visible."""
+    return combine_visible(mask, causal_visible(0, L, S, device) if is_causal else None)
+
+
 def tile_visible(
     mask: Tensor | None, causal: bool, ns: slice, hs: slice, i0: int, i1: int, k_end: int,
     device: torch.device,

@@ -24,7 +24,7 @@ Performer's budget: F = r would match the work of an r-term weighted sum per que
 with F < D features is mostly noise, so the default spends 4 r features (``--features-per-r``).
 
 A query that sees fewer than r keys, or whose weights are all zero, is reproduced exactly by
-keeping what it sees: :func:`oracle_attention` returns the exact output there (as ``topk``).
+keeping what it sees: :func:`attnlab.approx.oracle_attention` returns the exact output there (as ``topk``).
 
 Synthetic data: q, k, v ~ N(0, 1) (B, H, L, D) from a seeded generator, scores
 ``s = q.k / (sqrt(D) T)``: temperature T < 1 sharpens the weights, T > 1 flattens them. The
@@ -44,9 +44,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ..approx.oracles import available_oracles, get_oracle
+from ..approx.oracles import available_oracles, oracle_attention
 from ..approx.registry import approximate_attention
-from ..backends._common import causal_visible, combine_visible
+from ..backends._common import visibility
 from ..functional import attention
 from ..metrics import entropy, skewness, top_r_mass, value_aware_error, value_oblivious_error
 
@@ -57,54 +57,6 @@ PRACTICAL = ("topk", "performer", "nystrom", "linear", "cosformer")
 VALUE_AWARE = ("va-greedy", "va-swap", "va-exact", "omp")
 DEFAULT_METHODS = ("topr", "topr-l2", "va-greedy", "va-exact", "omp", "topk", "performer", "nystrom",
                    "linear", "cosformer")
-
-
-def _visible(attn_mask: Tensor | None, is_causal: bool, L: int, S: int, device: torch.device) -> Tensor | None:
-    return combine_visible(attn_mask, causal_visible(0, L, S, device) if is_causal else None)
-
-
-def oracle_attention(query: Tensor, key: Tensor, value: Tensor, *, method: str, r: int, kernel: str = "softmax",
-                     attn_mask: Tensor | None = None, is_causal: bool = False, scale: float | None = None,
-                     enable_gqa: bool = False, eps: float = 1e-6,
-                     return_weights: bool = False) -> Tensor | tuple[Tensor, Tensor, Tensor]:
-    """Attention whose output is the r-sparse oracle ``method``'s approximation of the exact one.
-
-    Same signature as :func:`attnlab.attention` (so a model can use it through
-    ``set_attention``) plus ``method`` (a name of ``attnlab.approx.oracles``) and ``r``. The
-    exact weights p (B..., H, L, S) come from ``attention(..., return_weights=True)``; every
-    query is solved at once, values shared per head (GQA: repeated to the query heads). Rows
-    that see fewer than r keys or have all-zero weights keep their exact output.
-
-    Returns:
-        The output (B..., H, L, D_v); with ``return_weights``, (output, p, p_hat) where p_hat
-        (B..., H, L, S) are the oracle's weights (p on the rows kept exact).
-
-    Raises:
-        TypeError, ValueError: as :func:`attnlab.attention`; an unknown ``method``; ``r`` not an
-            int >= 1.
-    """
-    solver = get_oracle(method)
-    if isinstance(r, bool) or not isinstance(r, int) or r < 1:
-        raise ValueError(f"r must be an int >= 1, got {r!r}")
-    out, p = attention(query, key, value, kernel=kernel, attn_mask=attn_mask, is_causal=is_causal, scale=scale,
-                       enable_gqa=enable_gqa, eps=eps, return_weights=True)
-    dtype = torch.float64 if p.dtype == torch.float64 else torch.float32
-    L, S = p.shape[-2:]
-    vis = _visible(attn_mask, is_causal, L, S, p.device)
-    heads = query.shape[-3] // value.shape[-3]
-    v = (value.repeat_interleave(heads, dim=-3) if heads > 1 else value).to(dtype).unsqueeze(-3)
-    pp = p.to(dtype)
-    n_vis = torch.full(p.shape[:-1], S, device=p.device) if vis is None else vis.sum(-1).expand(p.shape[:-1])
-    short = (n_vis < r) | (pp.sum(-1) <= 0)
-    if bool(short.all()):
-        return (out, p, p) if return_weights else out
-    visible = None if vis is None and not bool(short.any()) else (short.unsqueeze(-1) | (True if vis is None else vis))
-    sol = solver(pp, v, r, visible=visible, return_support=return_weights)
-    approx = torch.where(short.unsqueeze(-1), out.to(dtype), sol.output).to(out.dtype)
-    if not return_weights:
-        return approx
-    p_hat = torch.where(short.unsqueeze(-1), pp, sol.dense_weights(S)).to(p.dtype)
-    return approx, p, p_hat
 
 
 def skip_reason(method: str, r: int, *, kernel: str, is_causal: bool, masked: bool, L: int, S: int, D_v: int,
@@ -157,7 +109,7 @@ def compare_methods(q: Tensor, k: Tensor, v: Tensor, *, kernel: str, methods: Se
     out, p = attention(q, k, v, kernel=kernel, attn_mask=attn_mask, is_causal=is_causal, scale=scale,
                        enable_gqa=q.shape[-3] != k.shape[-3], eps=eps, return_weights=True)
     L, S = p.shape[-2:]
-    vis = _visible(attn_mask, is_causal, L, S, p.device)
+    vis = visibility(attn_mask, is_causal, L, S, p.device)
     stats = {"entropy": float(entropy(p, visible=vis).mean()), "skewness": float(skewness(p, visible=vis).mean())}
     rows = []
     for method in methods:
