@@ -97,30 +97,27 @@ class _FeatureAttention(torch.autograd.Function):
         state_lead = torch.broadcast_shapes(k.shape[:-2], v1.shape[:-2],
                                             *(() if keep is None else (keep.shape[:-2],)))
         y = fresh((*lead, L, v1.shape[-1]), v1)
+        # The zero state, (F, D_v + 1) per state_lead: phi_k of no keys gives the feature count.
+        state = _state(phi_k, k[..., :0, :], v1[..., :0, :], None).expand(*state_lead, -1, -1)
         states = []
         if causal:
-            state = None
             for i0 in _chunks(L, chunk):
                 i1, j1 = min(L, i0 + chunk), min(S, i0 + chunk)
                 kp = keep[..., i0:j1, :] if keep is not None else None
                 kc, vc = k[..., i0:j1, :], v1[..., i0:j1, :]
-                if state is None:  # the zero state, shaped once the feature count is known
-                    state = _state(phi_k, k[..., :0, :], v1[..., :0, :], None).expand(*state_lead, -1, -1)
                 states.append(state)
                 qc = q[..., i0:i1, :]
                 y[..., i0:i1, :] = _chunk_output(phi_q(qc), qc, kc, vc, state, kp, cfg, i0, i1)
                 if i0 < S:
                     state = state + _state(phi_k, kc, vc, kp)
         else:
-            state = _state(phi_k, k[..., :0, :], v1[..., :0, :], None).expand(*state_lead, -1, -1)
             for j0 in _chunks(S, chunk):
                 kp = keep[..., j0:j0 + chunk, :] if keep is not None else None
                 state = state + _state(phi_k, k[..., j0:j0 + chunk, :], v1[..., j0:j0 + chunk, :], kp)
             for i0 in _chunks(L, chunk):
                 y[..., i0:i0 + chunk, :] = phi_q(q[..., i0:i0 + chunk, :]) @ state
+        if not causal or not states:  # backward needs the final (non-causal) or the zero state's shape
             states.append(state)
-        if not states:  # no queries: backward still needs the state's shape
-            states.append(_state(phi_k, k[..., :0, :], v1[..., :0, :], None).expand(*state_lead, -1, -1))
         ctx.save_for_backward(q, k, v1, keep, *states)
         ctx.config = (cfg, causal, chunk)
         return y
