@@ -60,6 +60,12 @@ def visibility(mask: Tensor | None, is_causal: bool, L: int, S: int, device: tor
     return combine_visible(mask, causal_visible(0, L, S, device) if is_causal else None)
 
 
+def crosses_diagonal(i0: int, k_end: int) -> bool:
+    """Whether a causal tile of queries from i0 and keys 0:k_end holds a key after a query (only
+    such a tile needs the triangle: below the diagonal every key is visible)."""
+    return k_end - 1 > i0
+
+
 def tile_visible(
     mask: Tensor | None, causal: bool, ns: slice, hs: slice, i0: int, i1: int, k_end: int,
     device: torch.device,
@@ -76,8 +82,7 @@ def tile_visible(
             slice(i0, i1) if mask.shape[3] > 1 else full,
             slice(0, k_end) if mask.shape[4] > 1 else full,
         ]
-    # Only a tile the diagonal crosses needs the triangle: below it every key is visible.
-    tri = causal_visible(i0, i1, k_end, device) if causal and k_end - 1 > i0 else None
+    tri = causal_visible(i0, i1, k_end, device) if causal and crosses_diagonal(i0, k_end) else None
     return combine_visible(tile_mask, tri)
 
 
