@@ -20,7 +20,7 @@ import pytest
 import torch
 
 import attnlab
-from attnlab.backends import available_backends, get_backend, resolve_backend
+from attnlab.backends import available_backends, cpp, get_backend, resolve_backend
 from attnlab.functional import canonicalize
 from attnlab.kernels import register_kernel, unregister_kernel
 from attnlab.testing import assert_close, plain_attention
@@ -34,6 +34,8 @@ from attnlab.backends import triton_kernels  # imports triton
 
 DEVICE = "cuda" if torch.cuda.is_available() and not triton_kernels.INTERPRETED else "cpu"
 KERNELS = ["expressive", "squared", "relu", "relu2"]
+#: What auto runs for these kernels on CPU: the fused C++ kernels where they build.
+CPU_AUTO = "cpp" if cpp.build_error() is None else "chunked"
 
 CASES = [
     Case(),
@@ -260,7 +262,7 @@ def test_auto_picks_triton_for_cuda_inputs_it_accepts(monkeypatch):
             assert resolve_backend(kern(kernel), problem=_fake_problem("cuda", dtype, kernel=kernel)).name == "triton"
     assert resolve_backend(kern("expressive"), problem=_fake_problem("cuda", torch.float64)).name == "chunked"
     assert resolve_backend(kern("expressive"), problem=_fake_problem("cuda", torch.float16, D=256)).name == "chunked"
-    assert resolve_backend(kern("expressive"), problem=_fake_problem("cpu", torch.float32)).name == "chunked"
+    assert resolve_backend(kern("expressive"), problem=_fake_problem("cpu", torch.float32)).name == CPU_AUTO
     softmax = _fake_problem("cuda", torch.float16, kernel="softmax")
     assert resolve_backend(kern("softmax"), problem=softmax).name == "sdpa"
     problem = _fake_problem("cuda", torch.float16)
@@ -268,9 +270,9 @@ def test_auto_picks_triton_for_cuda_inputs_it_accepts(monkeypatch):
     assert resolve_backend(kern("expressive")).name == "chunked"  # no problem given
 
 
-def test_auto_keeps_chunked_on_cpu_and_under_the_interpreter(monkeypatch):
+def test_auto_keeps_triton_off_cpu_and_off_the_interpreter(monkeypatch):
     q = torch.randn(1, 2, 5, 8)
-    assert resolve_backend(attnlab.get_kernel("squared"), problem=_problem(q, q, q, "squared")).name == "chunked"
+    assert resolve_backend(attnlab.get_kernel("squared"), problem=_problem(q, q, q, "squared")).name == CPU_AUTO
     monkeypatch.setattr(attnlab.backends, "_triton_interpreter_requested", lambda: True)
     problem = _fake_problem("cuda", torch.float16)
     assert resolve_backend(attnlab.get_kernel("expressive"), problem=problem).name == "chunked"

@@ -17,6 +17,7 @@ import torch
 from torch import Tensor
 
 from ..kernels import Kernel, get_kernel
+from . import cpp
 from ._common import Problem
 from .chunked import chunked_attention
 from .flex import flex_attention_backend
@@ -102,11 +103,13 @@ def resolve_backend(kernel: Kernel, *, return_weights: bool = False, problem: Pr
     3. a kernel the ``triton`` backend compiles (expressive, squared, relu, relu2), when
        ``triton`` is registered, Triton's interpreter is off, and ``problem``'s tensors are on
        CUDA in float16/bfloat16/float32 with head dims <= 128 (what the backend accepts): ``triton``;
-    4. any other kernel or input (every CPU input, float64, user kernels): ``chunked`` (tiled,
-       memory-efficient, recomputing backward).
+    4. the same kernels on CPU tensors, when the ``cpp`` backend's C++ kernels build and load
+       (the first such call compiles them, once per machine): ``cpp``;
+    5. any other kernel or input (user kernels; CPU where no C++ compiler exists): ``chunked``
+       (tiled, memory-efficient, recomputing backward).
 
     ``problem`` is the canonical call (:func:`attnlab.functional.canonicalize`); without it
-    rule 3 never applies. The choice never depends on sequence length.
+    rules 3 and 4 never apply. The choice never depends on sequence length.
     """
     if return_weights:
         return _REGISTRY["reference"]
@@ -117,6 +120,10 @@ def resolve_backend(kernel: Kernel, *, return_weights: bool = False, problem: Pr
             and not _triton_interpreter_requested() and triton_backend.supports(kernel)
             and triton_backend.accepts(problem) is None):
         return triton_backend
+    cpp_backend = _REGISTRY["cpp"]
+    if (problem is not None and problem.q.device.type == "cpu" and cpp_backend.supports(kernel)
+            and cpp_backend.accepts(problem) is None):
+        return cpp_backend
     return _REGISTRY["chunked"]
 
 
@@ -128,6 +135,9 @@ register_backend(Backend("reference", lambda p: reference_attention(p)[0], lambd
                          "materializes the weights; defines the semantics"))
 register_backend(Backend("chunked", chunked_attention, lambda _: True, False,
                          "query tiles, O(tile) memory, recomputing backward"))
+register_backend(Backend("cpp", cpp.cpp_attention, cpp.supports, False,
+                         "fused C++ CPU kernels, forward and backward; expressive, squared, relu, relu2",
+                         accepts=cpp.refusal))
 register_backend(Backend("sdpa", sdpa_attention, _is_softmax, False,
                          "torch.nn.functional.scaled_dot_product_attention (softmax only)"))
 register_backend(Backend("linear", linear_attention, supports_linear, False,

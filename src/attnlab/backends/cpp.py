@@ -1,0 +1,206 @@
+"""The cpp backend: fused C++ kernels on CPU for the non-exponential kernels, forward and backward.
+
+Same semantics as every backend (see ``reference.py``). The kernels (``csrc/attention_cpu.cpp``)
+work flash-style: a thread takes a block of queries and, for each block of keys, computes the
+scores with one BLAS gemm into a buffer that stays in its cache, applies f, the mask and the
+causal triangle and sums each row in a single pass, and accumulates ``f(s) @ v`` with a second
+gemm. EA needs no running maximum, so no block is ever rescaled. The backward recomputes the
+scores (five gemms per tile) in one task per key head, which owns that head's dk and dv, so the
+result does not depend on the number of threads. Eager PyTorch (the ``chunked`` backend) needs
+four to eight memory passes over each score tile; here there is one, while the tile is in cache.
+
+**Build.** The C++ source is compiled on first use with ``torch.utils.cpp_extension`` (a C++17
+compiler and ninja; about a minute on two cores) into torch's extension cache, keyed by a hash of
+the source and the flags, so later processes only load it. A failed build (no compiler, or a torch
+whose CPU library exports no ``sgemm_``) is remembered for the process: the backend then refuses
+every call with the compiler's reason and ``auto`` falls back to ``chunked``. Build it ahead of
+time, and see why it fails, with ``attnlab build-cpp``.
+
+**Accepted**: CPU tensors; the built-in expressive, squared, relu and relu2 kernels; any boolean
+mask, causal, GQA. float32 and float64 compute in their own dtype, float16/bfloat16 in float32.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import hashlib
+import importlib.util
+import os
+import platform
+import shutil
+import time
+from pathlib import Path
+from types import ModuleType
+
+import torch
+from torch import Tensor
+from torch.autograd.function import once_differentiable
+
+from ..kernels import get_kernel
+from ._common import Problem
+
+#: The kernel ids of csrc/attention_cpu.cpp (its KernelId enum).
+KERNEL_IDS = {"expressive": 0, "squared": 1, "relu": 2, "relu2": 3}
+#: Queries and keys per tile: a 64 x 512 fp32 score tile is 128 KiB, well inside one core's L2.
+DEFAULT_BLOCK_Q = 64
+DEFAULT_BLOCK_K = 512
+
+_SOURCE = Path(__file__).with_name("csrc") / "attention_cpu.cpp"
+# -fopenmp compiles at::parallel_for's OpenMP region (an inline header function) into the
+# extension; it is deliberately not a linker flag, so the region binds to the OpenMP runtime
+# torch has already loaded (the one its BLAS calls run under) instead of a second one.
+# -march=native suits a cache keyed by this machine's processor (see _extension_name).
+_CFLAGS = ["-O3", "-std=c++20", "-fopenmp"] + (["-march=native"] if platform.machine() in ("x86_64", "AMD64") else [])
+#: A build lock older than this is left over from a build that was killed: it is removed
+#: instead of waited on forever (torch's loader waits while the lock file exists).
+STALE_LOCK_SECONDS = 900
+
+
+def _extension_name() -> str:
+    """A name unique to the source, the flags, torch's version and the processor."""
+    digest = hashlib.sha256()
+    for part in (_SOURCE.read_bytes(), " ".join(_CFLAGS).encode(), torch.__version__.encode(),
+                 _processor_fingerprint().encode()):
+        digest.update(part)
+    return f"attnlab_cpu_{digest.hexdigest()[:12]}"
+
+
+def _processor_fingerprint() -> str:
+    """The model and the instruction-set flags, where Linux says them (the -march=native target)."""
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:
+        return platform.processor() or platform.machine()
+    keep = [line for line in lines if line.startswith(("model name", "flags"))][:2]
+    return "\n".join(keep) or platform.machine()
+
+
+def _remove_stale_lock(build_dir: Path) -> None:
+    lock = build_dir / "lock"
+    try:
+        if time.time() - lock.stat().st_mtime > STALE_LOCK_SECONDS:
+            lock.unlink()
+    except FileNotFoundError:
+        pass
+
+
+def _ninja_dir() -> str | None:
+    """The folder of the ninja executable: the pip package's (a dependency; it lands in the
+    virtual environment's bin, which is not on PATH unless the environment is activated), else
+    one on PATH, else None."""
+    if importlib.util.find_spec("ninja") is not None:
+        import ninja
+
+        return ninja.BIN_DIR
+    found = shutil.which("ninja")
+    return None if found is None else str(Path(found).parent)
+
+
+@contextlib.contextmanager
+def _on_path(folder: str):
+    """``folder`` first on PATH while the build runs (torch's loader runs ``ninja`` by name)."""
+    before = os.environ.get("PATH")
+    os.environ["PATH"] = os.pathsep.join(p for p in (folder, before) if p)
+    try:
+        yield
+    finally:
+        if before is None:
+            del os.environ["PATH"]
+        else:
+            os.environ["PATH"] = before
+
+
+@functools.cache
+def _load() -> ModuleType | str:
+    """The compiled extension, or the reason it cannot be had (tried once per process)."""
+    ninja_dir = _ninja_dir()
+    if ninja_dir is None:
+        return "backend 'cpp' needs the ninja build tool to compile its kernels: pip install ninja"
+    from torch.utils import cpp_extension
+
+    try:
+        name = _extension_name()
+        build_dir = Path(cpp_extension._get_build_directory(name, verbose=False))
+        _remove_stale_lock(build_dir)
+        if not any(build_dir.glob(f"{name}*.so")) and not any(build_dir.glob(f"{name}*.pyd")):
+            print(f"attnlab: compiling the 'cpp' backend's CPU kernels once (about a minute) into {build_dir}",
+                  flush=True)
+        with _on_path(ninja_dir):
+            return cpp_extension.load(name, [str(_SOURCE)], extra_cflags=_CFLAGS, verbose=False)
+    except Exception as err:  # a missing compiler, a compile or link error, an unloadable library
+        detail = " ".join(str(err).split())[-600:]
+        return f"backend 'cpp' could not build its C++ kernels ({type(err).__name__}: {detail}): use backend 'chunked'"
+
+
+def build_error() -> str | None:
+    """Why the kernels cannot be built or loaded here, or None once they are loaded (builds them)."""
+    module = _load()
+    return module if isinstance(module, str) else None
+
+
+def supports(kernel) -> bool:
+    """The built-in non-exponential kernels (the registry's own objects)."""
+    return kernel.name in KERNEL_IDS and get_kernel(kernel.name) is kernel
+
+
+def refusal(problem: Problem) -> str | None:
+    """Why the backend refuses ``problem`` (None when it accepts it); may build the kernels."""
+    if problem.q.device.type != "cpu":
+        return f"backend 'cpp' runs on CPU tensors, got {problem.q.device.type}: use backend 'triton' or 'chunked'"
+    return build_error()
+
+
+class _CppAttention(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, q, k, v, mask, kernel_id, causal, scale, eps, block_q, block_k):
+        dtype = torch.float64 if q.dtype == torch.float64 else torch.float32
+        qc = q.to(dtype).contiguous()
+        kc, vc = (t.squeeze(2).to(dtype).contiguous() for t in (k, v))
+        mask_arg = _expanded_mask(mask, q.shape, k.shape[-2])
+        out, z = _load().forward(qc, kc, vc, mask_arg, kernel_id, causal, scale, eps, block_q, block_k)
+        ctx.save_for_backward(qc, kc, vc, mask_arg, out, z)
+        ctx.config = (kernel_id, causal, scale, eps, block_q, block_k)
+        ctx.dtypes = (q.dtype, k.dtype, v.dtype)
+        return out.to(q.dtype)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_out):
+        qc, kc, vc, mask_arg, out, z = ctx.saved_tensors
+        d_out = grad_out.to(out.dtype).contiguous()
+        dq, dk, dv = _load().backward(d_out, qc, kc, vc, mask_arg, out, z, *ctx.config)
+        q_dtype, k_dtype, v_dtype = ctx.dtypes
+        return (dq.to(q_dtype), dk.unsqueeze(2).to(k_dtype), dv.unsqueeze(2).to(v_dtype),
+                None, None, None, None, None, None, None)
+
+
+def _expanded_mask(mask: Tensor | None, q_shape: torch.Size, S: int) -> Tensor:
+    """The bool mask as a stride-0 view of the full (N, H, G, L, S) shape (nothing is copied),
+    or an empty tensor for no mask."""
+    if mask is None:
+        return torch.empty(0, dtype=torch.bool)
+    return mask.expand(*q_shape[:-1], S)
+
+
+def cpp_attention(problem: Problem, *, block_q: int = DEFAULT_BLOCK_Q, block_k: int = DEFAULT_BLOCK_K) -> Tensor:
+    """Attention on a canonical :class:`Problem` with the fused C++ kernels.
+
+    Args:
+        problem: the validated call (see :func:`refusal` for what is refused).
+        block_q: queries per tile.
+        block_k: keys per tile.
+
+    Returns:
+        (N, H_kv, G, L, D_v) in the input dtype.
+    """
+    for name, value in (("block_q", block_q), ("block_k", block_k)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be a positive int, got {value!r}")
+    p = problem
+    if p.q.numel() == 0 or p.k.shape[-2] == 0 or p.v.shape[-1] == 0:
+        from .chunked import chunked_attention  # empty problems: nothing for the kernels to do
+
+        return chunked_attention(p)
+    return _CppAttention.apply(p.q, p.k, p.v, p.mask, KERNEL_IDS[p.kernel.name], p.is_causal, p.scale,
+                               p.eps, block_q, block_k)

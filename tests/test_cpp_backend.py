@@ -1,0 +1,223 @@
+"""The ``cpp`` backend (fused C++ CPU kernels) against the float64 reference, with gradients.
+
+The registry-wide sweeps in test_attention.py/test_edge_cases.py run it at its default tiles,
+which hold the whole of their small cases; here the tiles are shrunk to a few queries and keys,
+so that rows span several key blocks, the causal diagonal cuts blocks that are not square, and
+the last blocks are partial. Where the kernels cannot be built (no C++ compiler), the backend
+refuses every call with the compiler's reason: that path is tested too, the rest is skipped.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import attnlab
+from attnlab.backends import cpp, get_backend, resolve_backend
+from attnlab.functional import canonicalize
+from attnlab.testing import assert_close, plain_attention
+from cases import Case
+
+KERNELS = list(cpp.KERNEL_IDS)
+BUILD_ERROR = cpp.build_error()
+needs_build = pytest.mark.skipif(BUILD_ERROR is not None, reason=str(BUILD_ERROR))
+
+CASES = [
+    Case(causal=True),
+    Case(mask="random"),
+    Case(mask="padding", causal=True),
+    Case(mask="empty-rows"),
+    Case(H=4, Hkv=2, causal=True, mask="random"),
+    Case(H=4, Hkv=1, mask="empty-rows"),
+    Case(L=17, S=40, Dv=8),
+    Case(L=40, S=17, causal=True),
+    Case(B=3, H=1, L=65, D=8, Dv=12, causal=True, mask="random"),
+]
+#: (block_q, block_k): one query per tile, tiles narrower and wider than they are tall.
+BLOCKS = [(1, 3), (4, 8), (8, 5)]
+
+
+def _run(case: Case, problem_inputs, kernel: str, block_q: int, block_k: int):
+    q, k, v, mask = problem_inputs
+    problem, shape = canonicalize(q, k, v, mask, case.causal, None, case.gqa, 1e-6, attnlab.get_kernel(kernel))
+    return cpp.cpp_attention(problem, block_q=block_q, block_k=block_k).reshape(shape)
+
+
+def _reference(case: Case, kernel: str):
+    """float64 output and q/k/v gradients for a random upstream gradient."""
+    q, k, v, mask = case.make(torch.float64, requires_grad=True)
+    out = attnlab.attention(q, k, v, kernel=kernel, attn_mask=mask, is_causal=case.causal, enable_gqa=case.gqa,
+                            backend="reference")
+    g = torch.randn(out.shape, generator=torch.Generator().manual_seed(7), dtype=torch.float64)
+    return out.detach(), torch.autograd.grad(out, (q, k, v), g), g
+
+
+@needs_build
+@pytest.mark.parametrize("blocks", BLOCKS, ids=lambda b: f"bq{b[0]}-bk{b[1]}")
+@pytest.mark.parametrize("case", CASES, ids=lambda c: c.id)
+@pytest.mark.parametrize("kernel", KERNELS)
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["fp64", "fp32"])
+def test_small_tiles_match_the_float64_reference(dtype, kernel, case, blocks):
+    inputs = case.make(dtype, requires_grad=True)
+    ref, ref_grads, g = _reference(case, kernel)
+    out = _run(case, inputs, kernel, *blocks)
+    assert out.dtype == dtype
+    assert_close(out, ref)
+    grads = torch.autograd.grad(out, inputs[:3], g.to(dtype))
+    for name, got, want in zip("qkv", grads, ref_grads, strict=True):
+        assert_close(got, want, what=f"d{name}")
+
+
+@needs_build
+@pytest.mark.parametrize("kernel", KERNELS)
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
+def test_low_precision_follows_flash_attention_rule(dtype, kernel):
+    """Computed in float32: error against float64 at most twice plain PyTorch's in that dtype."""
+    case = Case(H=4, Hkv=2, causal=True, mask="random")
+    q, k, v, mask = case.make(dtype, requires_grad=True)
+    ref, ref_grads, g = _reference(case, kernel)
+    out = attnlab.attention(q, k, v, kernel=kernel, attn_mask=mask, is_causal=True, enable_gqa=True, backend="cpp")
+    assert out.dtype == dtype
+    kr, vr = (x.repeat_interleave(2, dim=1) for x in (k, v))
+    plain = plain_attention(q, kr, vr, kernel=kernel, attn_mask=mask, is_causal=True)
+    assert_close(out, ref, plain=plain)
+    g = g.to(dtype)
+    grads = torch.autograd.grad(out, (q, k, v), g)
+    for name, got, pl, want in zip("qkv", grads, torch.autograd.grad(plain, (q, k, v), g), ref_grads, strict=True):
+        assert got.dtype == dtype
+        assert_close(got, want, plain=pl, what=f"d{name}")
+
+
+@needs_build
+def test_non_contiguous_inputs_and_a_broadcast_upstream_gradient():
+    """q/k/v as (B, L, H, D) transposed views, a stride-0 mask dim; out.sum() gives a stride-0 gradient."""
+    g = torch.Generator().manual_seed(5)
+    q, k, v = (torch.randn(2, 19, 2, 16, generator=g).transpose(1, 2).requires_grad_() for _ in range(3))
+    mask = (torch.rand(19, 1, generator=g) > 0.2).expand(19, 19)
+    out = attnlab.attention(q, k, v, kernel="squared", attn_mask=mask, is_causal=True, backend="cpp")
+    qd, kd, vd = (t.detach().double().requires_grad_() for t in (q, k, v))
+    ref = attnlab.attention(qd, kd, vd, kernel="squared", attn_mask=mask, is_causal=True, backend="reference")
+    assert_close(out, ref.detach())
+    for got, want in zip(torch.autograd.grad(out.sum(), (q, k, v)), torch.autograd.grad(ref.sum(), (qd, kd, vd)),
+                         strict=True):
+        assert_close(got, want)
+
+
+@needs_build
+@pytest.mark.parametrize("kernel", KERNELS)
+def test_rows_without_weight_give_zero_output_and_finite_gradients(kernel):
+    """Fully masked rows, and eps=0 with all weights zero (Z = 0 is replaced by 1)."""
+    q, k, v = (torch.randn(2, 3, 5, 4, dtype=torch.float64, requires_grad=True) for _ in range(3))
+    mask = torch.ones(2, 3, 5, 5, dtype=torch.bool)
+    mask[0, 1, 2] = False
+    mask[1, :, 4] = False
+    out = attnlab.attention(q, k, v, kernel=kernel, attn_mask=mask, backend="cpp")
+    assert (out[0, 1, 2] == 0).all() and (out[1, :, 4] == 0).all()
+    out.square().sum().backward()
+    assert all(torch.isfinite(t.grad).all() for t in (q, k, v))
+    assert (q.grad[0, 1, 2] == 0).all()
+    zero_q = torch.zeros(1, 2, 3, 4, requires_grad=True)  # f(0) = 0 for these kernels
+    out = attnlab.attention(zero_q, k[:1, :2].float(), v[:1, :2].float(), kernel=kernel, eps=0.0, backend="cpp")
+    assert (out == 0).all()
+    out.sum().backward()
+    assert torch.isfinite(zero_q.grad).all()
+
+
+@needs_build
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_expressive_at_huge_and_tiny_scores(dtype):
+    """|s| up to 1e30: s^2 overflows, yet f = 1 and f' = 0; s ~ 1e-20: f = s^2, no cancellation."""
+    q = torch.tensor([[[[1e15], [1e-10], [0.0]]]], dtype=dtype, requires_grad=True)
+    k = torch.tensor([[[[1e15], [2e-10], [1.0]]]], dtype=dtype, requires_grad=True)
+    v = torch.tensor([[[[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]]]], dtype=dtype, requires_grad=True)
+    kw = dict(kernel="expressive", scale=1.0, eps=0.0)
+    out = attnlab.attention(q, k, v, backend="cpp", **kw)
+    ref = attnlab.attention(*(t.detach().double() for t in (q, k, v)), backend="reference", **kw)
+    assert torch.isfinite(out).all()
+    assert_close(out, ref)
+    out.sum().backward()
+    assert all(torch.isfinite(t.grad).all() for t in (q, k, v))
+
+
+@needs_build
+def test_result_does_not_depend_on_the_thread_count():
+    """Each task owns its outputs and gradients: the same bits with 1 thread and with several."""
+    q, k, v, mask = Case(B=2, H=4, Hkv=2, L=33, S=33, causal=True, mask="random").make(torch.float32)
+    results = []
+    before = torch.get_num_threads()
+    try:
+        for threads in (1, max(2, before)):
+            torch.set_num_threads(threads)
+            qq, kk, vv = (t.clone().requires_grad_() for t in (q, k, v))
+            out = attnlab.attention(qq, kk, vv, kernel="expressive", attn_mask=mask, is_causal=True, enable_gqa=True,
+                                    backend="cpp")
+            results.append((out, *torch.autograd.grad(out.square().sum(), (qq, kk, vv))))
+    finally:
+        torch.set_num_threads(before)
+    for a, b in zip(*results, strict=True):
+        assert torch.equal(a, b)
+
+
+@needs_build
+def test_auto_runs_cpp_for_its_kernels_on_cpu():
+    q = torch.randn(1, 2, 5, 4)
+    for kernel in KERNELS:
+        problem, _ = canonicalize(q, q, q, None, False, None, False, 1e-6, attnlab.get_kernel(kernel))
+        assert resolve_backend(attnlab.get_kernel(kernel), problem=problem).name == "cpp"
+    problem, _ = canonicalize(q, q, q, None, False, None, False, 1e-6, attnlab.get_kernel("softmax"))
+    assert resolve_backend(attnlab.get_kernel("softmax"), problem=problem).name == "sdpa"
+    assert not get_backend("cpp").supports(attnlab.get_kernel("softmax"))
+
+
+def test_a_failed_build_is_a_refusal_and_auto_falls_back(monkeypatch):
+    """No compiler: backend='cpp' raises the build's reason; auto runs 'chunked' instead."""
+    reason = "backend 'cpp' could not build its C++ kernels (test): use backend 'chunked'"
+    monkeypatch.setattr(cpp, "_load", lambda: reason)
+    q = torch.randn(1, 2, 5, 4)
+    with pytest.raises(ValueError, match="could not build"):
+        attnlab.attention(q, q, q, kernel="expressive", backend="cpp")
+    problem, _ = canonicalize(q, q, q, None, False, None, False, 1e-6, attnlab.get_kernel("expressive"))
+    assert resolve_backend(attnlab.get_kernel("expressive"), problem=problem).name == "chunked"
+    assert_close(attnlab.attention(q, q, q, kernel="expressive"),
+                 attnlab.attention(q.double(), q.double(), q.double(), kernel="expressive", backend="reference"))
+
+
+def test_missing_ninja_is_named(monkeypatch):
+    monkeypatch.setattr(cpp, "_ninja_dir", lambda: None)
+    cpp._load.cache_clear()
+    try:
+        assert "ninja" in cpp.build_error()
+    finally:
+        monkeypatch.undo()
+        cpp._load.cache_clear()
+
+
+def test_ninja_is_found_off_path_and_path_is_restored(monkeypatch):
+    """pip's ninja sits in the environment's bin, which is on PATH only when it is activated."""
+    monkeypatch.setenv("PATH", "/nowhere")
+    folder = cpp._ninja_dir()
+    assert folder is not None and (cpp.Path(folder) / "ninja").exists()
+    with cpp._on_path(folder):
+        assert cpp.shutil.which("ninja") is not None
+    assert cpp.os.environ["PATH"] == "/nowhere"
+
+
+def test_a_stale_build_lock_is_removed_and_a_fresh_one_kept(tmp_path):
+    lock = tmp_path / "lock"
+    lock.touch()
+    cpp._remove_stale_lock(tmp_path)
+    assert lock.exists()
+    old = lock.stat().st_mtime - cpp.STALE_LOCK_SECONDS - 1
+    import os
+
+    os.utime(lock, (old, old))
+    cpp._remove_stale_lock(tmp_path)
+    assert not lock.exists()
+
+
+@pytest.mark.parametrize(("name", "value"), [("block_q", 0), ("block_k", -1), ("block_q", 2.0), ("block_k", True)])
+def test_bad_block_sizes_are_refused(name, value):
+    q = torch.randn(1, 1, 3, 4)
+    problem, _ = canonicalize(q, q, q, None, False, None, False, 1e-6, attnlab.get_kernel("expressive"))
+    with pytest.raises(ValueError, match=name):
+        cpp.cpp_attention(problem, **{name: value})
