@@ -18,6 +18,7 @@ $(STAMP): pyproject.toml Makefile
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet "$(TORCH)"
 	$(BIN)/python -m pip install --quiet -e ".[dev,plots,train,hf]"
+	$(BIN)/attnlab build-cpp || echo "attnlab: no C++ kernels here; backend 'auto' uses 'chunked' on CPU"
 	touch $(STAMP)
 
 demo: $(STAMP)

@@ -5,6 +5,7 @@
     attnlab study ladder [...]        Study 2: EA vs DPA on the complexity ladder
     attnlab approx-error [...]        approximation error of any methods over r, synthetic or captured
     attnlab train CONFIG.yaml [...]   train a model
+    attnlab build-cpp                 compile the 'cpp' backend's CPU kernels now (else on first use)
 
 Each subcommand imports what it needs when it runs, so ``attnlab --help`` stays fast.
 """
@@ -44,8 +45,9 @@ def _demo(args: argparse.Namespace) -> int:
     print("  EA weighs parallel and antiparallel keys alike and ignores orthogonal ones.\n")
 
     # 2. Cost: forward and forward+backward time at a fixed number of tokens.
+    ea_label = "EA " + _auto_backend_name("expressive")
     print(f"time (best of {args.repeats}), H=8, D=64, {args.tokens} tokens per batch, causal:")
-    print(f"  {'L':>6} {'DPA sdpa':>10} {'EA chunked':>11} {'ratio':>6} {'DPA f+b':>9} {'EA f+b':>9} {'ratio':>6}")
+    print(f"  {'L':>6} {'DPA sdpa':>10} {ea_label:>11} {'ratio':>6} {'DPA f+b':>9} {'EA f+b':>9} {'ratio':>6}")
     for L in args.lengths:
         B = max(1, args.tokens // L)
         q, k, v = (torch.randn(B, 8, L, 64, requires_grad=True) for _ in range(3))
@@ -69,6 +71,30 @@ def _demo(args: argparse.Namespace) -> int:
     print("\nreports:")
     for path in reports:
         print(f"  {path}")
+    return 0
+
+
+def _auto_backend_name(kernel: str) -> str:
+    """The backend ``auto`` runs for ``kernel`` on float32 CPU inputs."""
+    import torch
+
+    import attnlab
+    from attnlab.backends import resolve_backend
+    from attnlab.functional import canonicalize
+
+    q = torch.zeros(1, 1, 1, 8)
+    problem, _ = canonicalize(q, q, q, None, True, None, False, 1e-6, attnlab.get_kernel(kernel))
+    return resolve_backend(problem.kernel, problem=problem).name
+
+
+def _build_cpp(args: argparse.Namespace) -> int:
+    from attnlab.backends import cpp
+
+    error = cpp.build_error()
+    if error is not None:
+        print(f"attnlab: {error}", file=sys.stderr)
+        return 1
+    print(f"backend 'cpp' is built: {cpp._load().__file__}")
     return 0
 
 
@@ -125,6 +151,8 @@ def build_parser() -> argparse.ArgumentParser:
         cmd = sub.add_parser(name, help=help_text, add_help=False)
         cmd.add_argument("rest", nargs=argparse.REMAINDER)
         cmd.set_defaults(func=func)
+    build = sub.add_parser("build-cpp", help="compile the 'cpp' backend's C++ CPU kernels now")
+    build.set_defaults(func=_build_cpp)
     study = sub.add_parser("study", help="run a study: value-aware or ladder")
     study.add_argument("name", choices=["value-aware", "ladder"])
     study.add_argument("rest", nargs=argparse.REMAINDER, help="the study's own options (--help for them)")
