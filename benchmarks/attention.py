@@ -26,7 +26,9 @@ from attnlab.provenance import environment_info
 METHODS = [
     ("sdpa", "softmax", "sdpa"),
     ("softmax/chunked", "softmax", "chunked"),
+    ("expressive/cpp", "expressive", "cpp"),
     ("expressive/chunked", "expressive", "chunked"),
+    ("squared/cpp", "squared", "cpp"),
     ("squared/chunked", "squared", "chunked"),
     ("expressive/reference", "expressive", "reference"),
 ]

@@ -4,6 +4,8 @@ For each head dim D, causal flag and length L (batch B = tokens // L, so B * L i
 
     sdpa      softmax, torch.nn.functional.scaled_dot_product_attention
     chunked   attnlab backend 'chunked', kernels 'expressive' and 'squared'
+    cpp       attnlab backend 'cpp' (fused C++ CPU kernels), kernels 'expressive' and 'squared',
+              on CPU where they build
     flex      attnlab backend 'flex' (torch FlexAttention, compiled on CUDA), kernel 'expressive';
               on CPU the forward only (torch has no CPU backward for it)
     linear    attnlab backend 'linear', kernel 'squared' (degree-2 features, linear in L)
@@ -35,7 +37,7 @@ import torch
 import torch.nn.functional as F
 
 import attnlab
-from attnlab.backends import available_backends
+from attnlab.backends import available_backends, cpp
 from attnlab.backends.flex import flex_attention_backend, flex_unavailable_reason
 from attnlab.functional import canonicalize
 from attnlab.profiling import peak_memory, time_call
@@ -79,6 +81,9 @@ def methods(device: str) -> dict[str, Attn]:
         "chunked/squared": _attnlab("squared", "chunked"),
         "linear/squared": _attnlab("squared", "linear"),
     }
+    if device == "cpu" and cpp.build_error() is None:
+        found["cpp/expressive"] = _attnlab("expressive", "cpp")
+        found["cpp/squared"] = _attnlab("squared", "cpp")
     if flex_unavailable_reason(device, needs_grad=False) is None:
         found["flex/expressive"] = _flex
     if "triton" in available_backends():
