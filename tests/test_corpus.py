@@ -195,11 +195,12 @@ def test_corpus_errors(tmp_path):
         (lambda: C.load_corpus(3), TypeError, "name_or_path must be a str or a Path"),
         (lambda: C.load_corpus(f"text:{tmp_path}/nope"), ValueError, "existing file or folder"),
         (lambda: C.load_corpus("stdlib", "dev"), ValueError, "split must be one of"),
-        (lambda: C.load_corpus("stdlib", max_bytes=0), ValueError, "max_bytes must be a positive"),
+        (lambda: C.load_corpus("stdlib", max_bytes=0), ValueError, "max_bytes must be >= 1"),
         (lambda: C.load_corpus(tmp_path / "empty"), ValueError, "is empty"),
         (lambda: C.corpus_files("wikitext-2-raw-v1"), ValueError, "must be 'stdlib' or a folder"),
         (lambda: C.load_tokens(tokenizer="byte"), TypeError, "tokenizer must be a"),
-        (lambda: C.load_tokens(max_bytes=-1), ValueError, "max_bytes must be a positive"),
+        (lambda: C.load_tokens(max_bytes=-1), ValueError, "max_bytes must be >= 1"),
+        (lambda: C.load_tokens(max_bytes=2.5), TypeError, "max_bytes must be an int"),
     ]
     for make, exc, match in cases:
         with pytest.raises(exc, match=match):

@@ -14,11 +14,12 @@ import torch
 
 import attnlab
 from attnlab.backends import cpp, get_backend, resolve_backend
+from attnlab.backends._common import FUSED_KERNEL_IDS
 from attnlab.functional import canonicalize
 from attnlab.testing import assert_close, plain_attention
 from cases import Case
 
-KERNELS = list(cpp.KERNEL_IDS)
+KERNELS = list(FUSED_KERNEL_IDS)
 BUILD_ERROR = cpp.build_error()
 needs_build = pytest.mark.skipif(BUILD_ERROR is not None, reason=str(BUILD_ERROR))
 
@@ -215,9 +216,10 @@ def test_a_stale_build_lock_is_removed_and_a_fresh_one_kept(tmp_path):
     assert not lock.exists()
 
 
-@pytest.mark.parametrize(("name", "value"), [("block_q", 0), ("block_k", -1), ("block_q", 2.0), ("block_k", True)])
-def test_bad_block_sizes_are_refused(name, value):
+@pytest.mark.parametrize(("name", "value", "error"), [("block_q", 0, ValueError), ("block_k", -1, ValueError),
+                                                    ("block_q", 2.0, TypeError), ("block_k", True, TypeError)])
+def test_bad_block_sizes_are_refused(name, value, error):
     q = torch.randn(1, 1, 3, 4)
     problem, _ = canonicalize(q, q, q, None, False, None, False, 1e-6, attnlab.get_kernel("expressive"))
-    with pytest.raises(ValueError, match=name):
+    with pytest.raises(error, match=name):
         cpp.cpp_attention(problem, **{name: value})

@@ -173,9 +173,9 @@ def test_recurrent_state_before_any_token_returns_zeros():
 
 
 def test_recurrent_state_rejections():
-    with pytest.raises(ValueError, match="head_dim must be an int >= 1"):
+    with pytest.raises(ValueError, match="head_dim must be >= 1"):
         SquaredKernelState(1, 1, 0, 2)
-    with pytest.raises(ValueError, match="num_heads must be an int >= 1"):
+    with pytest.raises(TypeError, match="num_heads must be an int"):
         SquaredKernelState(1, 1.5, 2, 2)
     with pytest.raises(TypeError, match=r"dtype must be torch\.float32 or torch\.float64"):
         SquaredKernelState(1, 1, 2, 2, dtype=torch.float16)

@@ -18,6 +18,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from ._checks import check_int
+
 __all__ = [
     "entropy",
     "skewness",
@@ -112,10 +114,7 @@ def top_r_mass(p: Tensor, r: int, *, visible: Tensor | None = None) -> Tensor:
     """
     p = _float("p", p)
     vis = _mask(p, visible)
-    if isinstance(r, bool) or not isinstance(r, int):
-        raise TypeError(f"r must be an int, got {type(r).__name__}")
-    if not 1 <= r <= p.shape[-1]:
-        raise ValueError(f"r must be in [1, n={p.shape[-1]}], got {r}")
+    check_int("r", r, 1, p.shape[-1])
     if vis is not None:
         p = torch.where(vis, p, 0.0)
     return p.topk(r, dim=-1).values.sum(-1)

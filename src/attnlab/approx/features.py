@@ -32,11 +32,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .._checks import check_int
 from ..backends._common import Problem
 from ..backends._features import chunked_feature_attention
 from ..functional import canonicalize
 from ..kernels import Kernel, get_kernel
-from .topk import _check_positive_int
 
 __all__ = [
     "cosformer_attention",
@@ -72,7 +72,7 @@ def feature_attention(
     Raises:
         ValueError: feature counts or key lengths that do not match; ``chunk_size`` < 1.
     """
-    _check_positive_int("chunk_size", chunk_size)
+    check_int("chunk_size", chunk_size, 1)
     if phi_q.shape[-1] != phi_k.shape[-1] or phi_k.shape[-2] != value.shape[-2]:
         raise ValueError(
             f"phi_q (..., L, F), phi_k (..., S, F) and value (..., S, D_v) do not fit: got "
@@ -185,14 +185,14 @@ def performer_attention(
     if not kern.exponential:
         raise ValueError(f"kernel: method 'performer' approximates softmax only, got {kern.name!r}")
     if num_features is not None:
-        _check_positive_int("num_features", num_features)
-    _check_positive_int("chunk_size", chunk_size)
+        check_int("num_features", num_features, 1)
+    check_int("chunk_size", chunk_size, 1)
     if seed is not None and generator is not None:
         raise ValueError("seed and generator: pass at most one of them to method 'performer'")
     if generator is not None and not isinstance(generator, torch.Generator):
         raise TypeError(f"generator must be a torch.Generator, got {type(generator).__name__}")
-    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
-        raise TypeError(f"seed must be an int or None, got {type(seed).__name__}")
+    if seed is not None:
+        check_int("seed", seed)
     p, out_shape, keep = _prepare(
         "performer", query, key, value, attn_mask, is_causal, scale, enable_gqa, eps, kern
     )
@@ -231,7 +231,7 @@ def linear_attention(
         ValueError: ``scale`` given; a mask that is not key padding; ``chunk_size`` < 1.
     """
     _no_scale("linear", scale)
-    _check_positive_int("chunk_size", chunk_size)
+    check_int("chunk_size", chunk_size, 1)
     p, out_shape, keep = _prepare(
         "linear", query, key, value, attn_mask, is_causal, None, enable_gqa, eps
     )
@@ -263,7 +263,7 @@ def cosformer_attention(
         ValueError: ``scale`` given; a mask that is not key padding; ``chunk_size`` < 1.
     """
     _no_scale("cosformer", scale)
-    _check_positive_int("chunk_size", chunk_size)
+    check_int("chunk_size", chunk_size, 1)
     p, out_shape, keep = _prepare(
         "cosformer", query, key, value, attn_mask, is_causal, None, enable_gqa, eps
     )

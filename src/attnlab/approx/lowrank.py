@@ -26,10 +26,10 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from .._checks import check_int
 from ..backends._common import normalizer, tile_weights
 from ..functional import canonicalize
 from ..kernels import Kernel, get_kernel
-from .topk import _check_positive_int
 
 __all__ = ["iterative_pinv", "nystrom_attention", "segment_means"]
 
@@ -106,10 +106,9 @@ def nystrom_attention(
         raise ValueError("is_causal: method 'nystrom' does not support causal attention")
     if attn_mask is not None:
         raise ValueError("attn_mask: method 'nystrom' does not support masks; pass None")
-    if isinstance(num_landmarks, bool) or not isinstance(num_landmarks, int):
-        raise TypeError(f"num_landmarks must be an int, got {type(num_landmarks).__name__}")
+    check_int("num_landmarks", num_landmarks)
     if pinv_iterations is not None:
-        _check_positive_int("pinv_iterations", pinv_iterations)
+        check_int("pinv_iterations", pinv_iterations, 1)
     p, out_shape = canonicalize(query, key, value, None, is_causal, scale, enable_gqa, 0.0, kern)
     L, S = p.q.shape[-2], p.k.shape[-2]
     if not 1 <= num_landmarks <= min(L, S):

@@ -24,6 +24,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
+from .._checks import check_int
 from ..backends._common import visibility
 from ..functional import attention
 from .sparse import SparseApprox, omp, topr, topr_l2
@@ -95,8 +96,7 @@ def oracle_attention(query: Tensor, key: Tensor, value: Tensor, *, method: str, 
             int >= 1.
     """
     solver = get_oracle(method)
-    if isinstance(r, bool) or not isinstance(r, int) or r < 1:
-        raise ValueError(f"r must be an int >= 1, got {r!r}")
+    check_int("r", r, 1)
     out, p = attention(query, key, value, kernel=kernel, attn_mask=attn_mask, is_causal=is_causal, scale=scale,
                        enable_gqa=enable_gqa, eps=eps, return_weights=True)
     dtype = torch.float64 if p.dtype == torch.float64 else torch.float32

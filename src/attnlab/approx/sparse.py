@@ -20,6 +20,8 @@ from dataclasses import dataclass, replace
 import torch
 from torch import Tensor
 
+from .._checks import check_int
+
 __all__ = [
     "Layout",
     "SparseApprox",
@@ -101,10 +103,7 @@ def prepare(p: Tensor, v: Tensor, r: int, visible: Tensor | None) -> Layout:
             raise TypeError(f"{name} must be float32 or float64, got {t.dtype}")
     if p.dtype != v.dtype:
         raise TypeError(f"p and v must have the same dtype, got {p.dtype} and {v.dtype}")
-    if isinstance(r, bool) or not isinstance(r, int):
-        raise TypeError(f"r must be an int, got {type(r).__name__}")
-    if r < 1:
-        raise ValueError(f"r must be >= 1, got {r}")
+    check_int("r", r, 1)
     if p.ndim < 1 or v.ndim < 2:
         raise ValueError(f"p must be (..., n) and v (..., n, D_v), got {tuple(p.shape)}, "
                          f"{tuple(v.shape)}")

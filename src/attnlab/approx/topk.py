@@ -28,6 +28,7 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
+from .._checks import check_int
 from ..backends._common import fresh, normalizer, tile_visible, tile_weights
 from ..functional import canonicalize
 from ..kernels import Kernel, get_kernel
@@ -143,14 +144,6 @@ class _TopKAttention(torch.autograd.Function):
         return dq, dk, dv, None, None, None, None, None, None, None
 
 
-def _check_positive_int(name: str, value: object) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
-    if value < 1:
-        raise ValueError(f"{name} must be >= 1, got {value}")
-    return value
-
-
 def topk_attention(
     query: Tensor,
     key: Tensor,
@@ -190,9 +183,9 @@ def topk_attention(
         >>> torch.allclose(topk_attention(q, k, v, top_k=10, kernel="expressive"), exact)
         True
     """
-    top_k = _check_positive_int("top_k", top_k)
+    top_k = check_int("top_k", top_k, 1)
     if chunk_size is not None:
-        chunk_size = _check_positive_int("chunk_size", chunk_size)
+        chunk_size = check_int("chunk_size", chunk_size, 1)
     kern = get_kernel(kernel)
     p, out_shape = canonicalize(query, key, value, attn_mask, is_causal, scale, enable_gqa, eps, kern)
     N, H, G, L, _ = p.q.shape

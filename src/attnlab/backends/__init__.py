@@ -16,9 +16,9 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from ..kernels import Kernel, get_kernel
+from ..kernels import Kernel
 from . import cpp
-from ._common import Problem
+from ._common import Problem, is_fused_kernel
 from .chunked import chunked_attention
 from .flex import flex_attention_backend
 from .linear import linear_attention, linear_refusal, supports_linear
@@ -135,7 +135,7 @@ register_backend(Backend("reference", lambda p: reference_attention(p)[0], lambd
                          "materializes the weights; defines the semantics"))
 register_backend(Backend("chunked", chunked_attention, lambda _: True, False,
                          "query tiles, O(tile) memory, recomputing backward"))
-register_backend(Backend("cpp", cpp.cpp_attention, cpp.supports, False,
+register_backend(Backend("cpp", cpp.cpp_attention, is_fused_kernel, False,
                          "fused C++ CPU kernels, forward and backward; expressive, squared, relu, relu2",
                          accepts=cpp.refusal))
 register_backend(Backend("sdpa", sdpa_attention, _is_softmax, False,
@@ -152,8 +152,7 @@ if torch.cuda.is_available():
 
 # --- triton --------------------------------------------------------------------------------
 # The kernels live in triton_kernels.py, which imports triton; it is imported on first use, so
-# that `import attnlab` never imports triton. The kernel ids are its tl.constexpr KERNEL values.
-_TRITON_KERNEL_IDS = {"expressive": 0, "squared": 1, "relu": 2, "relu2": 3}
+# that `import attnlab` never imports triton.
 #: The largest D and D_v: a tile holds a whole head dim (padded to a power of two) in registers.
 _TRITON_MAX_HEAD_DIM = 128
 
@@ -171,11 +170,6 @@ def _triton_import_error() -> str | None:
     except Exception as err:  # an ImportError, or a broken triton install failing otherwise
         return f"backend 'triton' cannot import triton: {type(err).__name__}: {err}"
     return None
-
-
-def _triton_supports(kernel: Kernel) -> bool:
-    """The built-in non-exponential kernels (the registry's own objects), not softmax or user ones."""
-    return kernel.name in _TRITON_KERNEL_IDS and get_kernel(kernel.name) is kernel
 
 
 def _triton_refusal(problem: Problem) -> str | None:
@@ -207,6 +201,6 @@ def _triton_run(problem: Problem) -> Tensor:
 # Registered where its kernels can run: triton is installed and there is a GPU, or Triton's CPU
 # interpreter was requested (the tests do that on machines without CUDA).
 if importlib.util.find_spec("triton") is not None and (torch.cuda.is_available() or _triton_interpreter_requested()):
-    register_backend(Backend("triton", _triton_run, _triton_supports, False,
+    register_backend(Backend("triton", _triton_run, is_fused_kernel, False,
                              "fused Triton kernels, forward and backward; expressive, squared, relu, relu2",
                              accepts=_triton_refusal))

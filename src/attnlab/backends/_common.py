@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from ..kernels import Kernel
+from ..kernels import Kernel, get_kernel
 
 
 @dataclass(frozen=True)
@@ -37,6 +37,17 @@ class Problem:
     def compute_dtype(self) -> torch.dtype:
         """float64 inputs compute in float64; everything else accumulates in float32."""
         return torch.float64 if self.q.dtype == torch.float64 else torch.float32
+
+
+#: The kernels the fused backends (``cpp``, ``triton``) have compiled in, by the id their code
+#: switches on (the C++ KernelId enum, the Triton tl.constexpr KERNEL).
+FUSED_KERNEL_IDS = {"expressive": 0, "squared": 1, "relu": 2, "relu2": 3}
+
+
+def is_fused_kernel(kernel: Kernel) -> bool:
+    """One of :data:`FUSED_KERNEL_IDS` as the registry holds it: not softmax, not a user kernel
+    (even one registered under another name or built by hand with a built-in's name)."""
+    return kernel.name in FUSED_KERNEL_IDS and get_kernel(kernel.name) is kernel
 
 
 def causal_visible(q_start: int, q_end: int, k_end: int, device: torch.device) -> Tensor:

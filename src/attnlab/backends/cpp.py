@@ -38,11 +38,9 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from ..kernels import get_kernel
-from ._common import Problem
+from .._checks import check_int
+from ._common import FUSED_KERNEL_IDS, Problem
 
-#: The kernel ids of csrc/attention_cpu.cpp (its KernelId enum).
-KERNEL_IDS = {"expressive": 0, "squared": 1, "relu": 2, "relu2": 3}
 #: Queries and keys per tile: a 128 x 512 fp32 score tile is 256 KiB, inside one core's L2. 128
 #: queries rather than 64 halve how often k and v stream through the cache, which showed at
 #: L >= 8192 (where one head's k and v outgrow L2); 32 was slower everywhere.
@@ -142,11 +140,6 @@ def build_error() -> str | None:
     return module if isinstance(module, str) else None
 
 
-def supports(kernel) -> bool:
-    """The built-in non-exponential kernels (the registry's own objects)."""
-    return kernel.name in KERNEL_IDS and get_kernel(kernel.name) is kernel
-
-
 def refusal(problem: Problem) -> str | None:
     """Why the backend refuses ``problem`` (None when it accepts it); may build the kernels."""
     if problem.q.device.type != "cpu":
@@ -197,13 +190,12 @@ def cpp_attention(problem: Problem, *, block_q: int = DEFAULT_BLOCK_Q, block_k: 
     Returns:
         (N, H_kv, G, L, D_v) in the input dtype.
     """
-    for name, value in (("block_q", block_q), ("block_k", block_k)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name} must be a positive int, got {value!r}")
+    check_int("block_q", block_q, 1)
+    check_int("block_k", block_k, 1)
     p = problem
     if p.q.numel() == 0 or p.k.shape[-2] == 0 or p.v.shape[-1] == 0:
         from .chunked import chunked_attention  # empty problems: nothing for the kernels to do
 
         return chunked_attention(p)
-    return _CppAttention.apply(p.q, p.k, p.v, p.mask, KERNEL_IDS[p.kernel.name], p.is_causal, p.scale,
+    return _CppAttention.apply(p.q, p.k, p.v, p.mask, FUSED_KERNEL_IDS[p.kernel.name], p.is_causal, p.scale,
                                p.eps, block_q, block_k)

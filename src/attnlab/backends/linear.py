@@ -31,6 +31,7 @@ import math
 import torch
 from torch import Tensor
 
+from .._checks import check_int
 from ..kernels import Kernel, get_kernel
 from ._common import Problem, normalizer
 from ._features import chunked_feature_attention
@@ -100,10 +101,7 @@ def linear_attention(problem: Problem, *, chunk_size: int = DEFAULT_CHUNK_SIZE) 
         ValueError: ``chunk_size`` < 1, the kernel is not ``squared``, or ``attn_mask`` varies
             over queries.
     """
-    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int):
-        raise TypeError(f"chunk_size must be an int, got {type(chunk_size).__name__}")
-    if chunk_size < 1:
-        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+    check_int("chunk_size", chunk_size, 1)
     reason = linear_refusal(problem)
     if reason is not None:
         raise ValueError(reason)
@@ -155,8 +153,7 @@ class SquaredKernelState:
     ) -> None:
         for name, value, low in (("batch_size", batch_size, 0), ("num_heads", num_heads, 1),
                                  ("head_dim", head_dim, 1), ("value_dim", value_dim, 1)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < low:
-                raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
+            check_int(name, value, low)
         if dtype not in (torch.float32, torch.float64):
             raise TypeError(f"dtype must be torch.float32 or torch.float64, got {dtype}")
         scale = 1.0 / math.sqrt(head_dim) if scale is None else scale

@@ -66,8 +66,7 @@ import triton.language as tl
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from . import _TRITON_KERNEL_IDS
-from ._common import Problem, fresh
+from ._common import FUSED_KERNEL_IDS, Problem, fresh
 
 __all__ = ["INTERPRETED", "triton_attention"]
 
@@ -312,7 +311,7 @@ def _config(problem: Problem, block_m: int | None, block_n: int | None) -> dict:
     default = 64 if max(block_d, block_dv) <= 64 else 32
     dtype = problem.q.dtype
     return {
-        "KERNEL": _TRITON_KERNEL_IDS[problem.kernel.name],
+        "KERNEL": FUSED_KERNEL_IDS[problem.kernel.name],
         "CAUSAL": problem.is_causal,
         "HAS_MASK": problem.mask is not None,
         "WMODE": (2 if INTERPRETED else 1) if dtype == torch.bfloat16 else 0,

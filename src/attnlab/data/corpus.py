@@ -39,6 +39,8 @@ from torch import Tensor
 from attnlab.data.tokenizers import ByteTokenizer, Tokenizer
 from attnlab.io import atomic_write_bytes, cache_dir
 
+from .._checks import check_int
+
 __all__ = ["TokenStream", "corpus_files", "load_corpus", "load_tokens", "split_of"]
 
 SPLITS = ("train", "validation", "test")
@@ -143,9 +145,8 @@ def _load_hf(name: str, config: str | None, split: str) -> str:
 
 
 def _check_max_bytes(max_bytes: object) -> None:
-    if max_bytes is not None and (isinstance(max_bytes, bool) or not isinstance(max_bytes, int)
-                                  or max_bytes < 1):
-        raise ValueError(f"max_bytes must be a positive int or None, got {max_bytes!r}")
+    if max_bytes is not None:
+        check_int("max_bytes", max_bytes, 1)
 
 
 def load_corpus(
@@ -231,13 +232,6 @@ def load_tokens(
     return tokens
 
 
-def _check_positive(name: str, value: object) -> None:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
-    if value < 1:
-        raise ValueError(f"{name} must be >= 1, got {value}")
-
-
 class TokenStream:
     """Windows of ``context`` tokens and their next-token targets from one token sequence.
 
@@ -249,7 +243,7 @@ class TokenStream:
     def __init__(self, tokens: Tensor, context: int) -> None:
         if not isinstance(tokens, Tensor) or tokens.dim() != 1 or tokens.is_floating_point():
             raise TypeError("tokens must be a 1-D integer tensor")
-        _check_positive("context", context)
+        check_int("context", context, 1)
         if tokens.numel() < context + 1:
             raise ValueError(f"tokens must hold at least context + 1 = {context + 1} tokens, "
                              f"got {tokens.numel()}")
@@ -266,7 +260,7 @@ class TokenStream:
 
     def batch(self, batch_size: int, generator: torch.Generator) -> tuple[Tensor, Tensor]:
         """``batch_size`` windows at uniform random starts: x (B, L) and y = x shifted by one."""
-        _check_positive("batch_size", batch_size)
+        check_int("batch_size", batch_size, 1)
         if not isinstance(generator, torch.Generator):
             raise TypeError(f"generator must be a torch.Generator, got {type(generator).__name__}")
         high = self.tokens.numel() - self.context
@@ -277,6 +271,6 @@ class TokenStream:
     def iter_eval(self, batch_size: int) -> Iterator[tuple[Tensor, Tensor]]:
         """Every non-overlapping window (starts 0, L, 2L, ...) once, in order, in batches of at
         most ``batch_size``; the tail shorter than a window is left out."""
-        _check_positive("batch_size", batch_size)
+        check_int("batch_size", batch_size, 1)
         starts = torch.arange(len(self)) * self.context
         return (self._windows(chunk) for chunk in starts.split(batch_size))

@@ -27,6 +27,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from .._checks import check_int
+
 __all__ = [
     "MixtureConfig",
     "RecallConfig",
@@ -42,13 +44,6 @@ __all__ = [
 ]
 
 SPLITS = ("train", "validation", "test")
-
-
-def _check_int(name: str, value: object, low: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
-    if value < low:
-        raise ValueError(f"{name} must be >= {low}, got {value}")
 
 
 @dataclass(frozen=True)
@@ -94,11 +89,11 @@ class RecurrenceConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        _check_int("num_terms", self.num_terms, 1)
-        _check_int("max_delay", self.max_delay, self.num_terms)
-        _check_int("vocab_size", self.vocab_size, 2)
-        _check_int("length", self.length, self.max_delay + 1)
-        _check_int("seed", self.seed, 0)
+        check_int("num_terms", self.num_terms, 1)
+        check_int("max_delay", self.max_delay, self.num_terms)
+        check_int("vocab_size", self.vocab_size, 2)
+        check_int("length", self.length, self.max_delay + 1)
+        check_int("seed", self.seed, 0)
 
     @property
     def seq_len(self) -> int:
@@ -129,18 +124,18 @@ class RecallConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        _check_int("num_pairs", self.num_pairs, 1)
-        _check_int("vocab_size", self.vocab_size, 2)
+        check_int("num_pairs", self.num_pairs, 1)
+        check_int("vocab_size", self.vocab_size, 2)
         if self.num_pairs > self.vocab_size // 2:
             raise ValueError(
                 f"num_pairs must be <= vocab_size // 2 = {self.vocab_size // 2} (distinct keys), "
                 f"got {self.num_pairs}"
             )
         if self.num_queries is not None:
-            _check_int("num_queries", self.num_queries, 1)
+            check_int("num_queries", self.num_queries, 1)
             if self.num_queries > self.num_pairs:
                 raise ValueError(f"num_queries must be <= num_pairs, got {self.num_queries}")
-        _check_int("seed", self.seed, 0)
+        check_int("seed", self.seed, 0)
 
     @property
     def queries(self) -> int:
@@ -338,7 +333,7 @@ def task_config(name: str, complexity: int, seed: int = 0, **overrides: int) -> 
         ValueError: unknown ``name``, a ``complexity`` off the ladder, or an unknown override.
     """
     spec = get_task(name)
-    _check_int("complexity", complexity, 1)
+    check_int("complexity", complexity, 1)
     if complexity not in spec.ladder:
         raise ValueError(f"complexity must be in 1..{max(spec.ladder)}, got {complexity}")
     cls = RecurrenceConfig if name == "mixture" else spec.config_class
@@ -373,8 +368,8 @@ def sample(cfg: TaskConfig, n: int, seed: int, split: str = "train") -> TaskBatc
     spec = next((s for s in _TASKS.values() if isinstance(cfg, s.config_class)), None)
     if spec is None:
         raise TypeError(f"cfg must be one of the task configs, got {type(cfg).__name__}")
-    _check_int("n", n, 1)
-    _check_int("seed", seed, 0)
+    check_int("n", n, 1)
+    check_int("seed", seed, 0)
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
     g = torch.Generator().manual_seed(_derive_seed("data", spec.name, seed, split))

@@ -25,6 +25,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
+from .._checks import check_int
 from ..io import atomic_write_bytes, cache_dir
 
 __all__ = [
@@ -172,10 +173,7 @@ class BPETokenizer:
             RuntimeError: if the ``tokenizers`` package is missing.
         """
         text, specials = _check_text(text), tuple(special_tokens)
-        if isinstance(vocab_size, bool) or not isinstance(vocab_size, int):
-            raise TypeError(f"vocab_size must be an int, got {type(vocab_size).__name__}")
-        if vocab_size < 256 + len(specials):
-            raise ValueError(f"vocab_size must be >= {256 + len(specials)}, got {vocab_size}")
+        check_int("vocab_size", vocab_size, 256 + len(specials))
         if not text:
             raise ValueError("text must be non-empty to train a BPE tokenizer")
         hf = _import_tokenizers()

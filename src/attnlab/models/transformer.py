@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .._checks import check_int
 from ..backends._common import causal_visible
 from ..functional import attention
 from .config import ModelConfig
@@ -293,12 +294,11 @@ class CausalLM(TransformerLM):
             ValueError: ``max_new_tokens < 0``, ``temperature < 0``, ``top_k < 1``, sampling
                 without a generator, or more tokens than ``context``.
         """
-        if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 0:
-            raise ValueError(f"max_new_tokens must be an int >= 0, got {max_new_tokens!r}")
+        check_int("max_new_tokens", max_new_tokens, 0)
         if not temperature >= 0:
             raise ValueError(f"temperature must be >= 0, got {temperature!r}")
-        if top_k is not None and (not isinstance(top_k, int) or top_k < 1):
-            raise ValueError(f"top_k must be an int >= 1 or None, got {top_k!r}")
+        if top_k is not None:
+            check_int("top_k", top_k, 1)
         if temperature > 0 and not isinstance(generator, torch.Generator):
             raise ValueError("generator must be a torch.Generator when temperature > 0 (seeded sampling)")
         self._check_tokens(idx, max_new_tokens)

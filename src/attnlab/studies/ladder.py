@@ -36,6 +36,7 @@ from typing import Any
 
 import torch
 
+from .._checks import check_int
 from .report import RunDir, line_plot, markdown_table
 
 __all__ = [
@@ -103,11 +104,8 @@ class LadderPreset:
                              f"'expressive', got {self.kernels!r}")
         for name in ("n_seeds", "n_layers", "d_model", "n_heads", "steps", "batch_size", "eval_every",
                      "eval_batches", "final_eval_sequences", "workers", "threads"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be an int >= 1, got {value!r}")
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
-            raise ValueError(f"seed must be an int >= 0, got {self.seed!r}")
+            check_int(name, getattr(self, name), 1)
+        check_int("seed", self.seed, 0)
         if self.eval_every > self.steps:
             raise ValueError(f"eval_every must be <= steps ({self.steps}), got {self.eval_every}")
         if not 0 < self.solved_threshold <= 1:

@@ -1,0 +1,29 @@
+"""Argument checks shared across attnlab, so that a bad int reads the same everywhere."""
+
+from __future__ import annotations
+
+
+def check_int(name: str, value: object, low: int | None = None, high: int | None = None) -> int:
+    """``value`` itself when it is an int (a bool is not) in ``[low, high]`` (either end optional).
+
+    Raises:
+        TypeError: ``value`` is not an int: "<name> must be an int, got <type>".
+        ValueError: it is out of range: "<name> must be >= <low>, got <value>" (or "<= <high>",
+            or "in [<low>, <high>]" when both ends are given).
+
+    >>> check_int("steps", 3, 1)
+    3
+    >>> check_int("steps", 0, 1)
+    Traceback (most recent call last):
+    ...
+    ValueError: steps must be >= 1, got 0
+    """
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+    too_low, too_high = low is not None and value < low, high is not None and value > high
+    if too_low or too_high:
+        if low is not None and high is not None:
+            raise ValueError(f"{name} must be in [{low}, {high}], got {value}")
+        bound = f">= {low}" if too_low else f"<= {high}"
+        raise ValueError(f"{name} must be {bound}, got {value}")
+    return value
