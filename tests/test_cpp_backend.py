@@ -34,14 +34,15 @@ CASES = [
     Case(L=40, S=17, causal=True),
     Case(B=3, H=1, L=65, D=8, Dv=12, causal=True, mask="random"),
 ]
-#: (block_q, block_k): one query per tile, tiles narrower and wider than they are tall.
-BLOCKS = [(1, 3), (4, 8), (8, 5)]
+#: (block_q, block_k, tiles_per_task): one query per tile, tiles narrower and wider than they are
+#: tall, forward tasks of several tiles whose last one is partial (and, causal, sees fewer keys).
+BLOCKS = [(1, 3, 1), (4, 8, 3), (8, 5, 2)]
 
 
-def _run(case: Case, problem_inputs, kernel: str, block_q: int, block_k: int):
+def _run(case: Case, problem_inputs, kernel: str, block_q: int, block_k: int, tiles_per_task: int):
     q, k, v, mask = problem_inputs
     problem, shape = canonicalize(q, k, v, mask, case.causal, None, case.gqa, 1e-6, attnlab.get_kernel(kernel))
-    return cpp.cpp_attention(problem, block_q=block_q, block_k=block_k).reshape(shape)
+    return cpp.cpp_attention(problem, block_q=block_q, block_k=block_k, tiles_per_task=tiles_per_task).reshape(shape)
 
 
 def _reference(case: Case, kernel: str):
@@ -54,7 +55,7 @@ def _reference(case: Case, kernel: str):
 
 
 @needs_build
-@pytest.mark.parametrize("blocks", BLOCKS, ids=lambda b: f"bq{b[0]}-bk{b[1]}")
+@pytest.mark.parametrize("blocks", BLOCKS, ids=lambda b: f"bq{b[0]}-bk{b[1]}-t{b[2]}")
 @pytest.mark.parametrize("case", CASES, ids=lambda c: c.id)
 @pytest.mark.parametrize("kernel", KERNELS)
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["fp64", "fp32"])
@@ -217,7 +218,8 @@ def test_a_stale_build_lock_is_removed_and_a_fresh_one_kept(tmp_path):
 
 
 @pytest.mark.parametrize(("name", "value", "error"), [("block_q", 0, ValueError), ("block_k", -1, ValueError),
-                                                    ("block_q", 2.0, TypeError), ("block_k", True, TypeError)])
+                                                    ("block_q", 2.0, TypeError), ("block_k", True, TypeError),
+                                                    ("tiles_per_task", 0, ValueError)])
 def test_bad_block_sizes_are_refused(name, value, error):
     q = torch.randn(1, 1, 3, 4)
     problem, _ = canonicalize(q, q, q, None, False, None, False, 1e-6, attnlab.get_kernel("expressive"))

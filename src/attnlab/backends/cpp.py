@@ -46,6 +46,8 @@ from ._common import FUSED_KERNEL_IDS, Problem
 #: L >= 8192 (where one head's k and v outgrow L2); 32 was slower everywhere.
 DEFAULT_BLOCK_Q = 128
 DEFAULT_BLOCK_K = 512
+#: Query tiles per forward task: the task reads each block of k and v once for all of them.
+DEFAULT_TILES_PER_TASK = 4
 
 _SOURCE = Path(__file__).with_name("csrc") / "attention_cpu.cpp"
 # -fopenmp compiles at::parallel_for's OpenMP region (an inline header function) into the
@@ -149,12 +151,13 @@ def refusal(problem: Problem) -> str | None:
 
 class _CppAttention(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, q, k, v, mask, kernel_id, causal, scale, eps, block_q, block_k):
+    def forward(ctx, q, k, v, mask, kernel_id, causal, scale, eps, block_q, block_k, tiles_per_task):
         dtype = torch.float64 if q.dtype == torch.float64 else torch.float32
         qc = q.to(dtype).contiguous()
         kc, vc = (t.squeeze(2).to(dtype).contiguous() for t in (k, v))
         mask_arg = _expanded_mask(mask, q.shape, k.shape[-2])
-        out, z = _load().forward(qc, kc, vc, mask_arg, kernel_id, causal, scale, eps, block_q, block_k)
+        out, z = _load().forward(qc, kc, vc, mask_arg, kernel_id, causal, scale, eps, block_q, block_k,
+                                 tiles_per_task)
         ctx.save_for_backward(qc, kc, vc, mask_arg, out, z)
         ctx.config = (kernel_id, causal, scale, eps, block_q, block_k)
         ctx.dtypes = (q.dtype, k.dtype, v.dtype)
@@ -168,7 +171,7 @@ class _CppAttention(torch.autograd.Function):
         dq, dk, dv = _load().backward(d_out, qc, kc, vc, mask_arg, out, z, *ctx.config)
         q_dtype, k_dtype, v_dtype = ctx.dtypes
         return (dq.to(q_dtype), dk.unsqueeze(2).to(k_dtype), dv.unsqueeze(2).to(v_dtype),
-                None, None, None, None, None, None, None)
+                None, None, None, None, None, None, None, None)
 
 
 def _expanded_mask(mask: Tensor | None, q_shape: torch.Size, S: int) -> Tensor:
@@ -179,23 +182,26 @@ def _expanded_mask(mask: Tensor | None, q_shape: torch.Size, S: int) -> Tensor:
     return mask.expand(*q_shape[:-1], S)
 
 
-def cpp_attention(problem: Problem, *, block_q: int = DEFAULT_BLOCK_Q, block_k: int = DEFAULT_BLOCK_K) -> Tensor:
+def cpp_attention(problem: Problem, *, block_q: int = DEFAULT_BLOCK_Q, block_k: int = DEFAULT_BLOCK_K,
+                  tiles_per_task: int = DEFAULT_TILES_PER_TASK) -> Tensor:
     """Attention on a canonical :class:`Problem` with the fused C++ kernels.
 
     Args:
         problem: the validated call (see :func:`refusal` for what is refused).
         block_q: queries per tile.
         block_k: keys per tile.
+        tiles_per_task: query tiles per forward task (they share each block of k and v).
 
     Returns:
         (N, H_kv, G, L, D_v) in the input dtype.
     """
     check_int("block_q", block_q, 1)
     check_int("block_k", block_k, 1)
+    check_int("tiles_per_task", tiles_per_task, 1)
     p = problem
     if p.q.numel() == 0 or p.k.shape[-2] == 0 or p.v.shape[-1] == 0:
         from .chunked import chunked_attention  # empty problems: nothing for the kernels to do
 
         return chunked_attention(p)
     return _CppAttention.apply(p.q, p.k, p.v, p.mask, FUSED_KERNEL_IDS[p.kernel.name], p.is_causal, p.scale,
-                               p.eps, block_q, block_k)
+                               p.eps, block_q, block_k, tiles_per_task)

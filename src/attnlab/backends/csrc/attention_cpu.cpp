@@ -148,35 +148,43 @@ T weights_row(T* row, int64_t width, const RowVisibility& vis) {
   return sum;
 }
 
+// One task per (n, h, g, span of bq * tiles queries). Its loop runs over the key blocks outside
+// and over the span's query tiles inside, so each block of k and v is read into the cache once
+// per span rather than once per tile: at long L one head's k and v outgrow L2.
 template <typename T, int64_t K>
-void forward_impl(const Args<T>& p, T* out, T* z) {
-  const int64_t nqb = (p.L + p.bq - 1) / p.bq;
-  const int64_t tasks = p.N * p.H * p.G * nqb;
-  at::parallel_for(0, tasks, 1, [&](int64_t begin, int64_t end) {
-    std::vector<T> qs(p.bq * p.D), s(p.bq * p.bk), acc(p.bq * p.Dv), rowsum(p.bq);
+void forward_impl(const Args<T>& p, int64_t tiles, T* out, T* z) {
+  const int64_t span = p.bq * tiles;
+  const int64_t spans = (p.L + span - 1) / span;
+  at::parallel_for(0, p.N * p.H * p.G * spans, 1, [&](int64_t begin, int64_t end) {
+    std::vector<T> qs(span * p.D), s(p.bq * p.bk), acc(span * p.Dv), rowsum(span);
     for (int64_t t = begin; t < end; ++t) {
-      const int64_t head = t / nqb, i0 = (t % nqb) * p.bq, m = std::min(p.bq, p.L - i0);
+      const int64_t head = t / spans, q0 = (t % spans) * span, mq = std::min(span, p.L - q0);
       const int64_t g = head % p.G, h = (head / p.G) % p.H, n = head / (p.G * p.H);
-      const T* qh = p.q + (head * p.L + i0) * p.D;
+      const T* qh = p.q + (head * p.L + q0) * p.D;
       const T* kh = p.k + (n * p.H + h) * p.S * p.D;
       const T* vh = p.v + (n * p.H + h) * p.S * p.Dv;
-      for (int64_t x = 0; x < m * p.D; ++x) qs[x] = qh[x] * p.scale;
+      for (int64_t x = 0; x < mq * p.D; ++x) qs[x] = qh[x] * p.scale;
       std::fill(acc.begin(), acc.end(), T(0));
       std::fill(rowsum.begin(), rowsum.end(), T(0));
-      const int64_t k_end = p.key_end(i0, m);
+      const int64_t k_end = p.key_end(q0, mq);
       for (int64_t j0 = 0; j0 < k_end; j0 += p.bk) {
         const int64_t w = std::min(p.bk, k_end - j0);
-        gemm<T>(false, true, m, w, p.D, T(1), qs.data(), p.D, kh + j0 * p.D, p.D, T(0), s.data(), w);
-        for (int64_t i = 0; i < m; ++i) {
-          rowsum[i] += weights_row<T, K>(s.data() + i * w, w, p.row(n, h, g, i0 + i, j0, w));
+        for (int64_t i0 = 0; i0 < mq; i0 += p.bq) {
+          const int64_t m = std::min(p.bq, mq - i0);
+          if (p.key_end(q0 + i0, m) <= j0) continue;  // causal: every key of the block is in this tile's future
+          gemm<T>(false, true, m, w, p.D, T(1), qs.data() + i0 * p.D, p.D, kh + j0 * p.D, p.D, T(0), s.data(), w);
+          for (int64_t i = 0; i < m; ++i) {
+            rowsum[i0 + i] += weights_row<T, K>(s.data() + i * w, w, p.row(n, h, g, q0 + i0 + i, j0, w));
+          }
+          gemm<T>(false, false, m, p.Dv, w, T(1), s.data(), w, vh + j0 * p.Dv, p.Dv, T(1), acc.data() + i0 * p.Dv,
+                  p.Dv);
         }
-        gemm<T>(false, false, m, p.Dv, w, T(1), s.data(), w, vh + j0 * p.Dv, p.Dv, T(1), acc.data(), p.Dv);
       }
-      T* oh = out + (head * p.L + i0) * p.Dv;
-      for (int64_t i = 0; i < m; ++i) {
+      T* oh = out + (head * p.L + q0) * p.Dv;
+      for (int64_t i = 0; i < mq; ++i) {
         T zi = rowsum[i] + p.eps;
         zi = zi > T(0) ? zi : T(1);  // a row without weight: zero output, finite gradients
-        z[head * p.L + i0 + i] = zi;
+        z[head * p.L + q0 + i] = zi;
         const T inv = T(1) / zi;
         for (int64_t c = 0; c < p.Dv; ++c) oh[i * p.Dv + c] = acc[i * p.Dv + c] * inv;
       }
@@ -292,11 +300,14 @@ void dispatch(const torch::Tensor& q, int64_t kernel, Fn&& fn) {
 }  // namespace
 
 std::vector<torch::Tensor> forward(torch::Tensor q, torch::Tensor k, torch::Tensor v, torch::Tensor mask,
-                                   int64_t kernel, bool causal, double scale, double eps, int64_t bq, int64_t bk) {
+                                   int64_t kernel, bool causal, double scale, double eps, int64_t bq, int64_t bk,
+                                   int64_t tiles) {
+  TORCH_CHECK(tiles > 0, "attnlab cpp: tiles per task must be positive");
   auto out = torch::empty({q.size(0), q.size(1), q.size(2), q.size(3), v.size(3)}, q.options());
   auto z = torch::empty({q.size(0), q.size(1), q.size(2), q.size(3)}, q.options());
   dispatch(q, kernel, [&]<typename T, int64_t K>() {
-    forward_impl<T, K>(make_args<T>(q, k, v, mask, causal, scale, eps, bq, bk), out.data_ptr<T>(), z.data_ptr<T>());
+    forward_impl<T, K>(make_args<T>(q, k, v, mask, causal, scale, eps, bq, bk), tiles, out.data_ptr<T>(),
+                       z.data_ptr<T>());
   });
   return {out, z};
 }
