@@ -194,6 +194,30 @@ def test_missing_ninja_is_named(monkeypatch):
         cpp._load.cache_clear()
 
 
+def test_a_failed_build_says_why_and_is_cleared_for_the_next_try(monkeypatch, tmp_path):
+    """torch's loader would skip rebuilding an unchanged source and only report a missing library."""
+    from torch.utils import cpp_extension
+
+    def build_directory(name, verbose=False):
+        (tmp_path / name).mkdir(exist_ok=True)
+        (tmp_path / name / "build.ninja").touch()
+        return str(tmp_path / name)
+
+    def failing_load(*args, **kwargs):
+        raise RuntimeError("c++: error: the compiler said no")
+
+    monkeypatch.setattr(cpp_extension, "_get_build_directory", build_directory)
+    monkeypatch.setattr(cpp_extension, "load", failing_load)
+    cpp._load.cache_clear()
+    try:
+        reason = cpp.build_error()
+        assert "could not build" in reason and "the compiler said no" in reason
+        assert list(tmp_path.iterdir()) == []
+    finally:
+        monkeypatch.undo()
+        cpp._load.cache_clear()
+
+
 def test_ninja_is_found_off_path_and_path_is_restored(monkeypatch):
     """pip's ninja sits in the environment's bin, which is on PATH only when it is activated."""
     monkeypatch.setenv("PATH", "/nowhere")

@@ -1,12 +1,13 @@
 """The cpp backend: fused C++ kernels on CPU for the non-exponential kernels, forward and backward.
 
 Same semantics as every backend (see ``reference.py``). The kernels (``csrc/attention_cpu.cpp``)
-work flash-style: a thread takes a block of queries and, for each block of keys, computes the
-scores with one BLAS gemm into a buffer that stays in its cache, applies f, the mask and the
-causal triangle and sums each row in a single pass, and accumulates ``f(s) @ v`` with a second
-gemm. EA needs no running maximum, so no block is ever rescaled. The backward recomputes the
-scores (five gemms per tile) in one task per key head, which owns that head's dk and dv, so the
-result does not depend on the number of threads. Eager PyTorch (the ``chunked`` backend) needs
+work flash-style: a forward task takes a few tiles of queries and, for each block of keys (read
+into the cache once for all of them), computes each tile's scores with one BLAS gemm into a
+buffer that stays in cache, applies f, the mask and the causal triangle and sums each row in a
+single pass, and accumulates ``f(s) @ v`` with a second gemm. EA needs no running maximum, so no
+block is ever rescaled. The backward recomputes the scores (five gemms per tile) in one task per
+key head, which owns that head's dk and dv, so the result does not depend on the number of
+threads. Eager PyTorch (the ``chunked`` backend) needs
 four to eight memory passes over each score tile; here there is one, while the tile is in cache.
 
 **Build.** The C++ source is compiled on first use with ``torch.utils.cpp_extension`` (a C++20
@@ -88,6 +89,11 @@ def _remove_stale_lock(build_dir: Path) -> None:
         pass
 
 
+def _built(build_dir: Path, name: str) -> bool:
+    """Whether the compiled library is already in ``build_dir``."""
+    return any(build_dir.glob(f"{name}*.so")) or any(build_dir.glob(f"{name}*.pyd"))
+
+
 def _ninja_dir() -> str | None:
     """The folder of the ninja executable: the pip package's (a dependency; it lands in the
     virtual environment's bin, which is not on PATH unless the environment is activated), else
@@ -122,17 +128,22 @@ def _load() -> ModuleType | str:
         return "backend 'cpp' needs the ninja build tool to compile its kernels: pip install ninja"
     from torch.utils import cpp_extension
 
+    build_dir = name = None
     try:
         name = _extension_name()
         build_dir = Path(cpp_extension._get_build_directory(name, verbose=False))
         _remove_stale_lock(build_dir)
-        if not any(build_dir.glob(f"{name}*.so")) and not any(build_dir.glob(f"{name}*.pyd")):
+        if not _built(build_dir, name):
             print(f"attnlab: compiling the 'cpp' backend's CPU kernels once (about a minute) into {build_dir}",
                   flush=True)
         with _on_path(ninja_dir):
             return cpp_extension.load(name, [str(_SOURCE)], extra_cflags=_CFLAGS, verbose=False)
     except Exception as err:  # a missing compiler, a compile or link error, an unloadable library
         detail = " ".join(str(err).split())[-600:]
+        # torch's loader would skip the build of an unchanged source next time and report only
+        # the missing library: clear the failed build so the next process retries and says why.
+        if build_dir is not None and not (build_dir / "lock").exists() and not _built(build_dir, name):
+            shutil.rmtree(build_dir, ignore_errors=True)
         return f"backend 'cpp' could not build its C++ kernels ({type(err).__name__}: {detail}): use backend 'chunked'"
 
 
