@@ -94,7 +94,7 @@ def _build_cpp(args: argparse.Namespace) -> int:
     if error is not None:
         print(f"attnlab: {error}", file=sys.stderr)
         return 1
-    print(f"backend 'cpp' is built: {cpp._load().__file__}")
+    print(f"backend 'cpp' is built: {cpp.library_path()}")
     return 0
 
 

@@ -153,6 +153,12 @@ def build_error() -> str | None:
     return module if isinstance(module, str) else None
 
 
+def library_path() -> str | None:
+    """Where the compiled kernels were loaded from, or None where they cannot be built."""
+    module = _load()
+    return None if isinstance(module, str) else module.__file__
+
+
 def refusal(problem: Problem) -> str | None:
     """Why the backend refuses ``problem`` (None when it accepts it); may build the kernels."""
     if problem.q.device.type != "cpu":
