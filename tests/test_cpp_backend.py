@@ -249,3 +249,15 @@ def test_bad_block_sizes_are_refused(name, value, error):
     problem, _ = canonicalize(q, q, q, None, False, None, False, 1e-6, attnlab.get_kernel("expressive"))
     with pytest.raises(error, match=name):
         cpp.cpp_attention(problem, **{name: value})
+
+
+def test_build_cpp_command_reports_the_library_or_the_reason(monkeypatch, capsys):
+    from attnlab.cli import main
+
+    if BUILD_ERROR is None:
+        assert main(["build-cpp"]) == 0
+        assert cpp.library_path() in capsys.readouterr().out
+    monkeypatch.setattr(cpp, "_load", lambda: "backend 'cpp' could not build its C++ kernels (test)")
+    assert main(["build-cpp"]) == 1
+    assert "could not build" in capsys.readouterr().err
+    assert cpp.library_path() is None
