@@ -1,9 +1,9 @@
 // attnlab's fused CPU kernels for the non-exponential attention kernels (backend "cpp").
 //
-// Flash-style: a thread takes a block of queries, computes the scores of one block of keys
-// into a buffer that stays in its cache (a BLAS gemm), applies f, the mask and the causal
-// triangle and sums the row in one pass, and accumulates f(s) @ v with a second gemm. Nothing
-// of size L x S is ever allocated. Non-exponential kernels need no running maximum, so, unlike
+// Flash-style: a task takes a few tiles of queries and, for each block of keys, computes each
+// tile's scores into a buffer that stays in cache (a BLAS gemm), applies f, the mask and the
+// causal triangle and sums the rows in one pass, and accumulates f(s) @ v with a second gemm.
+// Nothing of size L x S is ever allocated. Non-exponential kernels need no running maximum, so, unlike
 // softmax, no block is ever rescaled.
 //
 // Layout (the canonical one of attnlab.backends._common, made contiguous by the caller):
@@ -115,7 +115,7 @@ struct Args {
   T scale, eps;
   int64_t bq, bk;
 
-  // The visibility of row i (absolute query index) of head (n, h, g) within keys [j0, j0 + n).
+  // The visibility of row i (absolute query index) of head (n, h, g) within keys [j0, j0 + width).
   RowVisibility row(int64_t n, int64_t h, int64_t g, int64_t i, int64_t j0, int64_t width) const {
     const int64_t limit = causal ? std::clamp<int64_t>(i + 1 - j0, 0, width) : width;
     if (mask == nullptr) return {limit, nullptr, 0};
