@@ -1,6 +1,8 @@
-"""Argument checks shared across attnlab, so that a bad int reads the same everywhere."""
+"""Argument checks shared across attnlab, so that a bad int or registration reads the same everywhere."""
 
 from __future__ import annotations
+
+from collections.abc import Mapping
 
 
 def check_int(name: str, value: object, low: int | None = None, high: int | None = None) -> int:
@@ -27,3 +29,19 @@ def check_int(name: str, value: object, low: int | None = None, high: int | None
         bound = f">= {low}" if too_low else f"<= {high}"
         raise ValueError(f"{name} must be {bound}, got {value}")
     return value
+
+
+def check_registration(kind: str, registry: Mapping[str, object], name: object, fn: object, fn_name: str,
+                       overwrite: bool) -> None:
+    """The checks of a ``register_<kind>(name, fn, overwrite=...)`` call into ``registry``.
+
+    Raises:
+        TypeError: ``name`` is not a non-empty str, or ``fn`` (the argument ``fn_name``) is not callable.
+        ValueError: ``name`` is taken and ``overwrite`` is False.
+    """
+    if not isinstance(name, str) or not name:
+        raise TypeError(f"name must be a non-empty str, got {name!r}")
+    if not callable(fn):
+        raise TypeError(f"{fn_name} must be callable, got {type(fn).__name__}")
+    if name in registry and not overwrite:
+        raise ValueError(f"{kind} {name!r} is already registered; pass overwrite=True to replace it")

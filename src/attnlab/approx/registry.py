@@ -27,6 +27,7 @@ from collections.abc import Callable
 
 from torch import Tensor
 
+from .._checks import check_registration
 from .features import cosformer_attention, linear_attention, performer_attention
 from .lowrank import nystrom_attention
 from .topk import topk_attention
@@ -50,12 +51,7 @@ def register_approximation(name: str, fn: Approximation, *, overwrite: bool = Fa
         TypeError: ``name`` is not a non-empty str or ``fn`` is not callable.
         ValueError: the name is taken and ``overwrite`` is False.
     """
-    if not isinstance(name, str) or not name:
-        raise TypeError(f"name must be a non-empty str, got {name!r}")
-    if not callable(fn):
-        raise TypeError(f"fn must be callable, got {type(fn).__name__}")
-    if name in _REGISTRY and not overwrite:
-        raise ValueError(f"approximation {name!r} is already registered; pass overwrite=True")
+    check_registration("approximation", _REGISTRY, name, fn, "fn", overwrite)
     _REGISTRY[name] = fn
     return fn
 

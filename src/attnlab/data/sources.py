@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import torch
 from torch import Tensor
 
+from .._checks import check_registration
 from ..models import ModelConfig
 
 if TYPE_CHECKING:
@@ -79,12 +80,7 @@ _SOURCES: dict[str, Any] = {"corpus": CorpusSource, "task": TaskSource}
 
 def register_source(name: str, factory: Any, *, overwrite: bool = False) -> None:
     """Register ``factory(data_config, context) -> BatchSource`` as ``data.source = name``."""
-    if not isinstance(name, str) or not name:
-        raise TypeError(f"name must be a non-empty str, got {name!r}")
-    if not callable(factory):
-        raise TypeError(f"factory must be callable, got {type(factory).__name__}")
-    if name in _SOURCES and not overwrite:
-        raise ValueError(f"source {name!r} is already registered; pass overwrite=True to replace it")
+    check_registration("source", _SOURCES, name, factory, "factory", overwrite)
     _SOURCES[name] = factory
 
 
