@@ -179,9 +179,19 @@ def test_a_failed_build_is_a_refusal_and_auto_falls_back(monkeypatch):
     with pytest.raises(ValueError, match="could not build"):
         attnlab.attention(q, q, q, kernel="expressive", backend="cpp")
     problem, _ = canonicalize(q, q, q, None, False, None, False, 1e-6, attnlab.get_kernel("expressive"))
+    with pytest.raises(ValueError, match="could not build"):
+        cpp.cpp_attention(problem)  # called directly, past the registry's refusal hook
+    problem, _ = canonicalize(q, q, q, None, False, None, False, 1e-6, attnlab.get_kernel("expressive"))
     assert resolve_backend(attnlab.get_kernel("expressive"), problem=problem).name == "chunked"
     assert_close(attnlab.attention(q, q, q, kernel="expressive"),
                  attnlab.attention(q.double(), q.double(), q.double(), kernel="expressive", backend="reference"))
+
+
+def test_a_kernel_without_compiled_form_is_refused_when_called_directly():
+    q = torch.randn(1, 1, 3, 4)
+    problem, _ = canonicalize(q, q, q, None, False, None, False, 1e-6, attnlab.get_kernel("softmax"))
+    with pytest.raises(ValueError, match=r"backend 'cpp' computes kernels .* got 'softmax'"):
+        cpp.cpp_attention(problem)
 
 
 def test_missing_ninja_is_named(monkeypatch):

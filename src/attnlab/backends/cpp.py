@@ -40,7 +40,8 @@ from torch import Tensor
 from torch.autograd.function import once_differentiable
 
 from .._checks import check_int
-from ._common import FUSED_KERNEL_IDS, Problem
+from ._common import FUSED_KERNEL_IDS, Problem, is_fused_kernel
+from .chunked import chunked_attention
 
 #: Queries and keys per tile: a 128 x 512 fp32 score tile is 256 KiB, inside one core's L2. 128
 #: queries rather than 64 halve how often k and v stream through the cache, which showed at
@@ -211,14 +212,22 @@ def cpp_attention(problem: Problem, *, block_q: int = DEFAULT_BLOCK_Q, block_k: 
 
     Returns:
         (N, H_kv, G, L, D_v) in the input dtype.
+
+    Raises:
+        ValueError: a kernel other than expressive/squared/relu/relu2, an input :func:`refusal`
+            refuses (not on CPU, or the kernels cannot be built), or a block size < 1.
+        TypeError: a block size that is not an int.
     """
     check_int("block_q", block_q, 1)
     check_int("block_k", block_k, 1)
     check_int("tiles_per_task", tiles_per_task, 1)
     p = problem
+    if not is_fused_kernel(p.kernel):
+        raise ValueError(f"backend 'cpp' computes kernels {list(FUSED_KERNEL_IDS)}, got {p.kernel.name!r}")
+    reason = refusal(p)
+    if reason is not None:
+        raise ValueError(reason)
     if p.q.numel() == 0 or p.k.shape[-2] == 0 or p.v.shape[-1] == 0:
-        from .chunked import chunked_attention  # empty problems: nothing for the kernels to do
-
-        return chunked_attention(p)
+        return chunked_attention(p)  # empty problems: nothing for the kernels to do
     return _CppAttention.apply(p.q, p.k, p.v, p.mask, FUSED_KERNEL_IDS[p.kernel.name], p.is_causal, p.scale,
                                p.eps, block_q, block_k, tiles_per_task)
