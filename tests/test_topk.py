@@ -178,3 +178,25 @@ def test_rejects_bad_input(kwargs, error, match):
     q = k = v = torch.randn(1, 1, 4, 2)
     with pytest.raises(error, match=match):
         topk_attention(q, k, v, **kwargs)
+
+
+def test_approximate_attention_documents_every_method_its_options_and_the_top_k_default(monkeypatch):
+    """Issue 12: help(approximate_attention) listed neither the methods nor their options, and
+    method="topk" without top_k silently kept 32 keys."""
+    from attnlab.approx import registry
+
+    doc = registry.approximate_attention.__doc__
+    for name in registry.available_approximations():
+        assert f"``{name}``" in doc
+    assert "top_k=32" in doc and "num_landmarks=64" in doc and "budget: ``top_k``" in doc
+    assert "default 32" in topk_attention.__doc__
+    q, k, v = torch.randn(3, 1, 1, 40, 4, dtype=torch.float64,
+                          generator=torch.Generator().manual_seed(0)).unbind(0)
+    torch.testing.assert_close(registry.approximate_attention(q, k, v, method="topk"),
+                               topk_attention(q, k, v, top_k=32))
+    # a method registered later appears too: the list is built from the registry
+    monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))
+    monkeypatch.setattr(registry.approximate_attention, "__doc__", doc)
+    registry.register_approximation("mine", lambda q, k, v, *, budget=3: v)
+    assert "``mine``" in registry.approximate_attention.__doc__
+    assert "budget=3" in registry.approximate_attention.__doc__

@@ -33,6 +33,7 @@ from .lowrank import nystrom_attention
 from .topk import topk_attention
 
 __all__ = [
+    "BUDGET_OPTIONS",
     "approximate_attention",
     "available_approximations",
     "get_approximation",
@@ -53,6 +54,7 @@ def register_approximation(name: str, fn: Approximation, *, overwrite: bool = Fa
     """
     check_registration("approximation", _REGISTRY, name, fn, "fn", overwrite)
     _REGISTRY[name] = fn
+    _refresh_doc()
     return fn
 
 
@@ -83,6 +85,9 @@ def approximate_attention(
 ) -> Tensor:
     """Run the approximation registered as ``method`` with keyword ``options``.
 
+    An option left out takes the method's default, listed below; a budget left out is not
+    inferred from anything (``topk`` without ``top_k`` keeps 32 keys per query, whatever S is).
+
     Raises:
         TypeError: an option that the method does not accept (named in the message).
         ValueError: an unknown ``method``; or whatever the method raises.
@@ -98,6 +103,42 @@ def approximate_attention(
                     f"option {option!r} is not accepted by method {method!r}; it accepts {accepted}"
                 )
     return fn(query, key, value, **options)
+
+
+#: The option that sets each built-in method's budget (its cost per query).
+BUDGET_OPTIONS = {"topk": "top_k", "performer": "num_features", "nystrom": "num_landmarks"}
+
+_BASE_DOC = approximate_attention.__doc__
+
+
+def _options(fn: Approximation) -> list[str]:
+    """``name=default`` (or ``name``: required) for every keyword option of ``fn`` after q, k, v."""
+    try:
+        params = list(inspect.signature(fn).parameters.values())[3:]
+    except (TypeError, ValueError):  # a callable without an inspectable signature
+        return ["(signature not inspectable)"]
+    out = []
+    for p in params:
+        if p.kind is inspect.Parameter.VAR_KEYWORD:
+            out.append(f"**{p.name}")
+        elif p.kind is not inspect.Parameter.VAR_POSITIONAL:
+            out.append(p.name if p.default is inspect.Parameter.empty else f"{p.name}={p.default!r}")
+    return out
+
+
+def _refresh_doc() -> None:
+    """Rebuild ``approximate_attention.__doc__`` from the registry: every method, the function
+    behind it, its budget option and every option with its default (so it cannot go stale)."""
+    if _BASE_DOC is None:  # python -OO strips docstrings
+        return
+    lines = ["", "    Methods (generated from the registry, updated by :func:`register_approximation`):", ""]
+    for name, fn in _REGISTRY.items():
+        where = f"{getattr(fn, '__module__', '?')}.{getattr(fn, '__qualname__', type(fn).__name__)}"
+        budget = BUDGET_OPTIONS.get(name)
+        head = f"    - ``{name}`` (:func:`{where}`"
+        head += f"; budget: ``{budget}``)" if budget else ")"
+        lines.append(f"{head}: {', '.join(_options(fn)) or 'no options'}")
+    approximate_attention.__doc__ = _BASE_DOC.rstrip() + "\n" + "\n".join(lines) + "\n"
 
 
 for _name, _fn in [

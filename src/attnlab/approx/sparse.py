@@ -93,8 +93,9 @@ def prepare(p: Tensor, v: Tensor, r: int, visible: Tensor | None) -> Layout:
     Raises:
         TypeError: p, v or visible is not a tensor; p/v are not both float32 or both float64;
             visible is not bool; r is not an int.
-        ValueError: shapes do not match or broadcast, devices differ, p has a negative entry,
-            r < 1, or r exceeds the number of visible keys of some row.
+        ValueError: shapes do not match or broadcast, devices differ, p or v has a NaN or inf
+            entry, p has a negative entry, r < 1, or r exceeds the number of visible keys of
+            some row.
     """
     for name, t in (("p", p), ("v", v)):
         if not isinstance(t, Tensor):
@@ -131,6 +132,9 @@ def prepare(p: Tensor, v: Tensor, r: int, visible: Tensor | None) -> Layout:
         ok = False
     if not ok:
         raise ValueError(f"visible must broadcast to {(*bs, n)}, got {tuple(visible.shape)}")
+    for name, t in (("p", p), ("v", v)):
+        if not bool(torch.isfinite(t).all()):
+            raise ValueError(f"{name} must be finite (no NaN or inf)")
     if bool((p < 0).any()):
         raise ValueError("p must be non-negative (attention weights)")
     vis = visible.expand(*bs, n)

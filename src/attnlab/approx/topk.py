@@ -163,8 +163,9 @@ def topk_attention(
     Args:
         query, key, value, kernel, attn_mask, is_causal, scale, enable_gqa, eps: as in
             :func:`attnlab.attention` (same validation, same layout, same normalization).
-        top_k: keys kept per query (>= 1); a query that sees fewer keeps all it sees, and
-            ``top_k >= S`` gives exact attention.
+        top_k: keys kept per query (>= 1; default 32, whatever S is: pass the budget you
+            mean); a query that sees fewer keeps all it sees, and ``top_k >= S`` gives exact
+            attention.
         chunk_size: queries per chunk (>= 1); by default about ``DEFAULT_TILE_ELEMENTS`` scores
             per chunk across batch and heads. Sets the extra memory, not the result.
 

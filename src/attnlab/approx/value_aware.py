@@ -10,11 +10,13 @@ where unused, weights are 0 there. All solvers are batched over every query at o
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import torch
 from torch import Tensor
 
+from .._checks import check_int
 from .sparse import (
     Layout,
     SparseApprox,
@@ -26,13 +28,19 @@ from .sparse import (
     solve_in_chunks,
 )
 
-__all__ = ["EXACT_MAX_SUBSETS", "simplex_least_squares", "va_exact", "va_greedy", "va_swap"]
+__all__ = ["EXACT_CHUNK", "EXACT_MAX_SUBSETS", "simplex_least_squares", "va_exact", "va_greedy", "va_swap"]
 
 EXACT_MAX_SUBSETS = 100_000
 """va_exact refuses instances with more than this many candidate supports per query."""
 
+EXACT_CHUNK = 4096
+"""va_exact solves at most this many candidate supports at a time."""
+
 _RIDGE = {torch.float64: 1e-13, torch.float32: 1e-6}  # relative to max diag(M)
 _TOL = {torch.float64: 1e-12, torch.float32: 1e-5}  # optimality tolerance, same scale
+# va_greedy at r >= D_v + 1 reduces p's support exactly (Caratheodory) where its relative error
+# ||o - o_hat|| / ||o|| is above this
+_EXACT_RTOL = {torch.float64: 1e-9, torch.float32: 1e-4}
 
 
 def _spd_inverse_apply(A: Tensor, a: Tensor, ridge: Tensor) -> Tensor:
@@ -166,7 +174,94 @@ def _greedy(lay: Layout, r: int) -> tuple[Tensor, ...]:
     br, _, e2r = _refit(Wr, torch.where(z > 0, pr / torch.where(z > 0, z, 1.0), 1.0 / r))
     use = (e2r < err2).unsqueeze(-1)
     idx, b, err2 = torch.where(use, ir, idx), torch.where(use, br, b), torch.minimum(e2r, err2)
-    return idx, b, torch.where(use.unsqueeze(-1), Wr, W), err2, wn2
+    W = torch.where(use.unsqueeze(-1), Wr, W)
+    if r >= d + 1:
+        # Caratheodory: some D_v + 1 keys reproduce o exactly; where greedy missed, reduce p's
+        # support to them (the oracle knows p) and keep that where it is better
+        scale = (o * o).sum(-1) + torch.finfo(o.dtype).eps * torch.where(vis, wn2, 0).amax(-1)
+        miss = err2 > _EXACT_RTOL[o.dtype] ** 2 * scale
+        if bool(miss.any()):
+            ci, cb, cW, ce2 = _exact_support(lay, miss, r)
+            better = ce2 < err2[miss]
+            idx[miss] = torch.where(better[:, None], ci, idx[miss])
+            b[miss] = torch.where(better[:, None], cb, b[miss])
+            W[miss] = torch.where(better[:, None, None], cW, W[miss])
+            err2[miss] = torch.minimum(ce2, err2[miss])
+    return idx, b, W, err2, wn2
+
+
+def _caratheodory(p: Tensor, vals: Tensor, o: Tensor) -> tuple[Tensor, Tensor]:
+    """Caratheodory's reduction of ``o = sum_j p_j v_j`` to at most D_v + 1 keys, exactly.
+
+    p (R, n) non-negative weights (0 = key not used), vals (R, n, D_v) the values, o (R, D_v).
+    Keys enter one at a time into D_v + 1 slots holding weights beta with
+    ``sum beta_s v_s = sum_{entered j} p_j v_j`` (and the same total weight). When the slots are
+    full, the D_v + 2 points (slots and the new key) are affinely dependent: a null vector c of
+    ``[w_1 .. w_{D+2}; 1 .. 1]`` (w = v - o; the last column of a complete QR of its transpose)
+    gives ``beta - t c`` with the same sums for every t; t = min_{c_j > 0} beta_j / c_j keeps
+    beta >= 0 and zeroes one point, which leaves. Returns the slots' keys (R, D_v + 1), -1 where
+    a row used fewer keys, and the weights beta / sum beta (R, D_v + 1)."""
+    R, n, d = vals.shape
+    k = d + 1
+    idx = torch.full((R, k), -1, dtype=torch.long, device=p.device)
+    b = p.new_zeros(R, k)
+    W = p.new_zeros(R, k, d)
+    filled = torch.zeros(R, dtype=torch.long, device=p.device)
+    ones = p.new_ones(1, k + 1, 1)
+    for j in range(n):
+        pj = p[:, j]
+        use = pj > 0
+        free = use & (filled < k)
+        if bool(free.any()):
+            rf, slot = free.nonzero().squeeze(-1), filled[free]
+            idx[rf, slot], b[rf, slot], W[rf, slot] = j, pj[rf], vals[rf, j] - o[rf]
+            filled[rf] += 1
+        full = use & ~free
+        if not bool(full.any()):
+            continue
+        rf = full.nonzero().squeeze(-1)
+        Wa = torch.cat([W[rf], (vals[rf, j] - o[rf]).unsqueeze(-2)], -2)  # (R', k + 1, d)
+        ba = torch.cat([b[rf], pj[rf, None]], -1)
+        Q, _ = torch.linalg.qr(torch.cat([Wa, ones.expand(len(rf), -1, -1)], -1), mode="complete")
+        c = Q[..., -1]  # (R', k + 1): sum_j c_j w_j = 0 and sum_j c_j = 0
+        t, out = torch.where(c > 0, ba / torch.where(c > 0, c, 1.0), torch.inf).min(-1)
+        bn = (ba - t[:, None] * c).clamp_min(0)
+        gone = torch.arange(k + 1, device=p.device) == out[:, None]
+        bn = torch.where(gone, 0.0, bn)
+        # the new key takes the slot of the point that left (nothing moves if it was the new key)
+        into = gone[:, :k]
+        idx[rf] = torch.where(into, j, idx[rf])
+        W[rf] = torch.where(into[..., None], Wa[:, k : k + 1], Wa[:, :k])
+        b[rf] = torch.where(into, bn[:, k : k + 1], bn[:, :k])
+    z = b.sum(-1, keepdim=True)
+    return idx, b / torch.where(z > 0, z, 1.0)
+
+
+def _exact_support(lay: Layout, rows: Tensor, r: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """For the rows ``rows`` (bool (G, M)), r >= D_v + 1: the Caratheodory support of p (at most
+    D_v + 1 keys), refit exactly, its other slots filled with unused visible keys of weight 0.
+    Returns idx (R', r), b (R', r), W (R', r, D_v) and the squared errors (R',)."""
+    g, m, _ = lay.o.shape
+    group = torch.arange(g, device=lay.o.device)[:, None].expand(g, m)[rows]
+    vis = lay.visible.expand(g, m, -1)[rows]
+    p = torch.where(vis, lay.p[rows], 0.0)
+    o = lay.o[rows]
+    ci, cb = _caratheodory(p, lay.v[group], o)
+    k = ci.shape[-1]
+    idx = torch.cat([ci, ci.new_full((len(ci), r - k), -1)], -1)
+    b = torch.cat([cb, cb.new_zeros(len(cb), r - k)], -1)
+    # fill unused slots (-1) with distinct visible keys not in the support (there are enough:
+    # every row sees >= r keys), so that every slot names a key as _greedy's supports do
+    empty = idx < 0
+    taken = torch.zeros_like(vis).scatter(-1, idx.clamp_min(0), ~empty)
+    spare = torch.where(vis & ~taken, p, -1.0).topk(r, dim=-1).indices
+    rank = (empty.cumsum(-1) - 1).clamp_min(0)
+    idx = torch.where(empty, spare.gather(-1, rank), idx)
+    W = lay.v[group[:, None], idx] - o.unsqueeze(-2)
+    e = torch.einsum("rk,rkd->rd", b, W)
+    bf, _, e2f = _refit(W, b)  # the optimum on the support, but its ridge costs up to ~lambda
+    keep = (e * e).sum(-1) <= e2f  # the reduction's own weights are exact up to rounding
+    return idx, torch.where(keep[:, None], b, bf), W, torch.where(keep, (e * e).sum(-1), e2f)
 
 
 def va_greedy(p: Tensor, v: Tensor, r: int, *, visible: Tensor | None = None,
@@ -176,10 +271,15 @@ def va_greedy(p: Tensor, v: Tensor, r: int, *, visible: Tensor | None = None,
     Step 1 takes the value nearest to o (the exact r = 1 optimum). Step k scores each unused
     visible key j by the error after the best two-term move ``beta <- (1 - t) beta + t e_j``,
     t in [0, 1] (one matmul for all keys), adds the best key, and refits beta exactly on the
-    new support with :func:`simplex_least_squares`. Last, the top-r support of p is refit
+    new support with :func:`simplex_least_squares`. Then the top-r support of p is refit
     exactly too and kept where it is better, so va-greedy is never worse than ``topr`` or
-    ``topr-l2`` (their weights are feasible on that support). Returns r keys (some may have
-    weight 0).
+    ``topr-l2`` (their weights are feasible on that support). Last, at r >= D_v + 1, rows whose
+    relative error ``||o - o_hat|| / ||o||`` is still above 1e-9 (float64; 1e-4 in float32)
+    get Caratheodory's reduction of p's support to at most D_v + 1 keys (see
+    :func:`_caratheodory`: exact up to rounding, O(n) small QR steps per such row), kept where
+    it is better: so at r >= D_v + 1 va-greedy reproduces o (to that tolerance) whenever o is a
+    convex combination of the visible values, i.e. the visible p sum to 1. Returns r keys (some
+    may have weight 0).
 
     Raises:
         TypeError, ValueError: see :func:`attnlab.approx.sparse.prepare`.
@@ -277,10 +377,16 @@ def va_exact(p: Tensor, v: Tensor, r: int, *, visible: Tensor | None = None,
     s = min(r, D_v + 1) are enumerated, C(n, s) of them per query (the other slots stay -1).
     Supports holding an invisible key are skipped.
 
+    The supports are generated lazily (``itertools.combinations``) and solved in chunks of at
+    most :data:`EXACT_CHUNK` supports, fewer for large batches, so memory is bounded by the
+    chunk and time by ``max_subsets``, which is checked (with ``math.comb``) before any work.
+
     Raises:
-        TypeError, ValueError: see :func:`attnlab.approx.sparse.prepare`.
+        TypeError, ValueError: see :func:`attnlab.approx.sparse.prepare`; ``max_subsets`` not
+            an int >= 1.
         ValueError: C(n, s) > ``max_subsets`` (default :data:`EXACT_MAX_SUBSETS` = 100000).
     """
+    check_int("max_subsets", max_subsets, 1)
     lay = prepare(p, v, r, visible)
     (g, m, d), n = lay.o.shape, lay.p.shape[-1]
     s = min(r, d + 1)
@@ -288,13 +394,13 @@ def va_exact(p: Tensor, v: Tensor, r: int, *, visible: Tensor | None = None,
     if count > max_subsets:
         raise ValueError(f"va-exact would enumerate C(n={n}, min(r, D_v + 1)={s}) = {count} "
                          f"supports per query, above max_subsets={max_subsets}; use va-swap")
-    combos = torch.combinations(torch.arange(n, device=lay.o.device), s).view(-1, s)
     best = lay.o.new_full((g, m), torch.inf)
-    idx = combos.new_full((g, m, r), -1)
+    idx = torch.full((g, m, r), -1, dtype=torch.long, device=lay.o.device)
     b = lay.o.new_zeros(g, m, r)
-    step = max(1, 2**20 // max(1, g * m * s * (s + d)))
-    for c0 in range(0, len(combos), step):
-        sub = combos[c0 : c0 + step].expand(g, m, -1, s)
+    step = max(1, min(EXACT_CHUNK, 2**20 // max(1, g * m * s * (s + d))))
+    supports = itertools.combinations(range(n), s)
+    while chunk := list(itertools.islice(supports, step)):
+        sub = torch.tensor(chunk, dtype=torch.long, device=lay.o.device).expand(g, m, -1, s)
         valid = lay.visible.gather(-1, sub.flatten(-2)).view(sub.shape).all(-1)
         W = gather_values(lay.v, sub.flatten(-2)).view(*sub.shape, d) - lay.o[:, :, None, None]
         bs, _, e2 = _refit(W, torch.full(sub.shape, 1.0 / s, dtype=W.dtype, device=W.device))
