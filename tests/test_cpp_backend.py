@@ -9,6 +9,12 @@ refuses every call with the compiler's reason: that path is tested too, the rest
 
 from __future__ import annotations
 
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -222,7 +228,7 @@ def test_a_failed_build_says_why_and_is_cleared_for_the_next_try(monkeypatch, tm
     try:
         reason = cpp.build_error()
         assert "could not build" in reason and "the compiler said no" in reason
-        assert list(tmp_path.iterdir()) == []
+        assert [path.suffix for path in tmp_path.iterdir()] == [".lock"]  # the build folder is gone
     finally:
         monkeypatch.undo()
         cpp._load.cache_clear()
@@ -238,17 +244,126 @@ def test_ninja_is_found_off_path_and_path_is_restored(monkeypatch):
     assert cpp.os.environ["PATH"] == "/nowhere"
 
 
-def test_a_stale_build_lock_is_removed_and_a_fresh_one_kept(tmp_path):
-    lock = tmp_path / "lock"
-    lock.touch()
-    cpp._remove_stale_lock(tmp_path)
-    assert lock.exists()
-    old = lock.stat().st_mtime - cpp.STALE_LOCK_SECONDS - 1
-    import os
+# --- the build cache: one build per install, one process building at a time -----------------
+# A stand-in for the kernels that compiles in a second, so that these tests run real builds.
+TINY_SOURCE = r"""
+#include <Python.h>
+#define INIT_NAME(name) INIT_NAME_(name)
+#define INIT_NAME_(name) PyInit_##name
+static PyModuleDef tiny = {PyModuleDef_HEAD_INIT, "tiny", nullptr, -1, nullptr};
+PyMODINIT_FUNC INIT_NAME(TORCH_EXTENSION_NAME)(void) { return PyModule_Create(&tiny); }
+"""
+LOAD = ("import sys; from pathlib import Path; from attnlab.backends import cpp; "
+        "m = cpp._load_extension(Path(sys.argv[1])); print(m if isinstance(m, str) else 'loaded ' + m.__file__)")
+HOLD_AND_DIE = """
+import sys, time
+from pathlib import Path
+from attnlab.backends import cpp
+name, build_dir, lock = cpp._build_paths(Path(sys.argv[1]))
+with cpp._build_lock(lock, "test"):
+    (build_dir / "lock").touch()  # torch's lock file, as its loader holds it while it builds
+    print("holding", flush=True)
+    time.sleep(600)
+"""
+needs_flock = pytest.mark.skipif(cpp.fcntl is None, reason="no fcntl.flock here (Windows)")
 
-    os.utime(lock, (old, old))
-    cpp._remove_stale_lock(tmp_path)
-    assert not lock.exists()
+
+def _installs(tmp_path, monkeypatch, *names: str, source: Path | None = None) -> list[Path]:
+    """The C++ source (TINY_SOURCE, or a copy of ``source``) in one folder per install, and an
+    extension cache of this test's own (inherited by the processes it starts)."""
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path / "torch_extensions"))
+    paths = []
+    for name in names:
+        (tmp_path / name).mkdir()
+        paths.append(tmp_path / name / ("tiny.cpp" if source is None else source.name))
+        if source is None:
+            paths[-1].write_text(TINY_SOURCE)
+        else:
+            shutil.copy(source, paths[-1])
+    return paths
+
+
+def _start(script: str, source: Path, log: Path) -> subprocess.Popen:
+    with open(log, "w") as out:
+        return subprocess.Popen([sys.executable, "-c", script, str(source)], stdout=out, stderr=subprocess.STDOUT)
+
+
+def _wait_for(text: str, proc: subprocess.Popen, log: Path) -> None:
+    for _ in range(6000):  # a guard against a hang (10 min), not a timing assertion
+        if text in log.read_text():
+            return
+        assert proc.poll() is None, f"exited before saying {text!r}: {log.read_text()}"
+        time.sleep(0.1)
+    pytest.fail(f"never said {text!r}: {log.read_text()}")
+
+
+def _load_in_a_process(source: Path, log: Path) -> tuple[str, str]:
+    """(the library it loaded, its whole output)."""
+    proc = _start(LOAD, source, log)
+    proc.wait(timeout=600)
+    return _library(log.read_text()), log.read_text()
+
+
+def _library(output: str) -> str:
+    loaded = [line.removeprefix("loaded ") for line in output.splitlines() if line.startswith("loaded ")]
+    assert len(loaded) == 1, output
+    return loaded[0]
+
+
+def test_the_kernels_cache_key_holds_the_source_path_and_torchs_location(tmp_path, monkeypatch):
+    """torch's build.ninja names the source and torch's headers by absolute path: a key without
+    them made a second clone or environment rebuild the first's library in place."""
+    copy_a, copy_b = _installs(tmp_path, monkeypatch, "clone_a", "clone_b", source=cpp._SOURCE)
+    names = {cpp._extension_name(path) for path in (cpp._SOURCE, copy_a, copy_b)}
+    assert len(names) == 3 and cpp._extension_name() in names
+    monkeypatch.setattr(torch, "__file__", str(tmp_path / "other_venv" / "torch" / "__init__.py"))
+    assert cpp._extension_name() not in names
+
+
+@needs_build
+@needs_flock
+def test_concurrent_first_use_builds_once_and_a_second_install_keeps_the_first_build(tmp_path, monkeypatch):
+    """Two processes start on one source while this test holds the build lock: both say they
+    wait, then exactly one compiles and both load its library. A second install of the same
+    source compiles its own, once and saying so; the first's library is then loaded again
+    untouched (one folder under a path-blind key was rebuilt silently by every other clone)."""
+    clone_a, clone_b = _installs(tmp_path, monkeypatch, "clone_a", "clone_b")
+    _, _, lock = cpp._build_paths(clone_a)
+    logs = [tmp_path / "rank0.log", tmp_path / "rank1.log"]
+    with cpp._build_lock(lock, "test"):
+        procs = [_start(LOAD, clone_a, log) for log in logs]
+        for proc, log in zip(procs, logs, strict=True):
+            _wait_for("attnlab: waiting for another process's build", proc, log)
+    for proc in procs:
+        assert proc.wait(timeout=600) == 0
+    outputs = [log.read_text() for log in logs]
+    assert sum(output.count("attnlab: compiling") for output in outputs) == 1, outputs
+    library_a = _library(outputs[0])
+    assert _library(outputs[1]) == library_a
+    built_at = Path(library_a).stat().st_mtime_ns
+
+    library_b, output = _load_in_a_process(clone_b, tmp_path / "clone_b.log")
+    assert output.count("attnlab: compiling") == 1 and library_b != library_a
+    again, output = _load_in_a_process(clone_a, tmp_path / "clone_a_again.log")
+    assert "compiling" not in output and again == library_a
+    assert Path(library_a).stat().st_mtime_ns == built_at
+
+
+@needs_build
+@needs_flock
+def test_a_build_killed_midway_leaves_no_lock_to_wait_for(tmp_path, monkeypatch):
+    """The OS drops a killed process's flock; torch's lock file, which outlives it (and which
+    torch's loader would wait on forever), is then removed by the next build."""
+    (source,) = _installs(tmp_path, monkeypatch, "clone")
+    _, build_dir, _ = cpp._build_paths(source)
+    holder = _start(HOLD_AND_DIE, source, tmp_path / "killed.log")
+    _wait_for("holding", holder, tmp_path / "killed.log")
+    holder.kill()
+    holder.wait(timeout=60)
+    assert (build_dir / "lock").exists()
+    library, output = _load_in_a_process(source, tmp_path / "next.log")
+    assert "waiting" not in output and output.count("attnlab: compiling") == 1
+    assert Path(library).parent == build_dir
 
 
 @pytest.mark.parametrize(("name", "value", "error"), [("block_q", 0, ValueError), ("block_k", -1, ValueError),

@@ -83,13 +83,17 @@ def get_backend(name: str) -> Backend:
 
     Raises:
         TypeError: ``name`` is not a str.
-        ValueError: no backend of that name is registered.
+        ValueError: no backend of that name is registered; for ``triton`` and ``flex``, which are
+            registered only where they can run, the reason they are not.
     """
     if not isinstance(name, str):
         raise TypeError(f"backend must be a str, got {type(name).__name__}")
     try:
         return _REGISTRY[name]
     except KeyError:
+        if name in _UNREGISTERED_BECAUSE:
+            raise ValueError(f"backend {name!r} is not available here: {_UNREGISTERED_BECAUSE[name]()}; "
+                             f"the available ones are {available_backends()}") from None
         raise ValueError(
             f"backend must be 'auto' or one of {available_backends()}, got {name!r}"
         ) from None
@@ -143,6 +147,13 @@ register_backend(Backend("sdpa", sdpa_attention, _is_softmax, False,
 register_backend(Backend("linear", linear_attention, supports_linear, False,
                          "squared kernel only, degree-2 features, O(L D^2 D_v); key-padding masks only",
                          accepts=linear_refusal))
+
+
+def _flex_unregistered_because() -> str:
+    return ("it is registered only where CUDA is available, and torch.cuda.is_available() is False "
+            "(torch's FlexAttention has no backward on CPU); use backend 'chunked'")
+
+
 # FlexAttention has no CPU backward (see backends/flex.py), so the registry, whose every backend
 # must pass the gradient sweep, holds it only where CUDA is available.
 if torch.cuda.is_available():
@@ -192,6 +203,17 @@ def _triton_refusal(problem: Problem) -> str | None:
     return None
 
 
+def _triton_unregistered_because() -> str:
+    """Why the triton backend is not registered (registration below decides at import)."""
+    if importlib.util.find_spec("triton") is None:
+        return "triton is not installed (pip install triton; its kernels run on CUDA GPUs)"
+    if not (torch.cuda.is_available() or _triton_interpreter_requested()):
+        return ("there is no CUDA device (torch.cuda.is_available() is False); to run its kernels in Triton's "
+                "CPU interpreter (slow, for tests), set TRITON_INTERPRET=1 before importing attnlab")
+    return ("it was not registered when attnlab was imported (TRITON_INTERPRET=1, for Triton's CPU "
+            "interpreter, must be set before that import)")
+
+
 def _triton_run(problem: Problem) -> Tensor:
     from .triton_kernels import triton_attention
 
@@ -204,3 +226,7 @@ if importlib.util.find_spec("triton") is not None and (torch.cuda.is_available()
     register_backend(Backend("triton", _triton_run, is_fused_kernel, False,
                              "fused Triton kernels, forward and backward; expressive, squared, relu, relu2",
                              accepts=_triton_refusal))
+
+#: Built-in backends registered only where they can run: why one is missing.
+_UNREGISTERED_BECAUSE: dict[str, Callable[[], str]] = {"triton": _triton_unregistered_because,
+                                                       "flex": _flex_unregistered_because}

@@ -11,9 +11,13 @@ threads. Eager PyTorch (the ``chunked`` backend) needs
 four to eight memory passes over each score tile; here there is one, while the tile is in cache.
 
 **Build.** The C++ source is compiled on first use with ``torch.utils.cpp_extension`` (a C++20
-compiler, as torch's headers need, and ninja; about 35 s on two cores) into torch's extension
-cache, keyed by a hash of the source, the flags, torch's version and the processor, so later
-processes only load it. A failed build (no compiler, or a torch
+compiler, as torch's headers need, and ninja; 34-39 s on an idle 2-core CPU, about 2 min beside
+other jobs) into torch's extension cache, under a name hashed from everything the build reads:
+the source's contents and absolute path, the flags and compiler, torch's version and location,
+Python's ABI and headers, the processor. Each clone or virtual environment thus builds once, says
+so on stderr, and later processes only load it (2-6 s with the import of torch). Processes that
+start together (torchrun ranks, pytest workers) build once: the others wait on an OS file lock,
+which dies with its holder. A failed build (no compiler, or a torch
 whose CPU library exports no ``sgemm_``) is remembered for the process: the backend then refuses
 every call with the compiler's reason and ``auto`` falls back to ``chunked``. Build it ahead of
 time, and see why it fails, with ``attnlab build-cpp``.
@@ -31,7 +35,8 @@ import importlib.util
 import os
 import platform
 import shutil
-import time
+import sys
+import sysconfig
 from pathlib import Path
 from types import ModuleType
 
@@ -42,6 +47,11 @@ from torch.autograd.function import once_differentiable
 from .._checks import check_int
 from ._common import FUSED_KERNEL_IDS, Problem, is_fused_kernel
 from .chunked import chunked_attention
+
+try:
+    import fcntl
+except ImportError:  # Windows
+    fcntl = None
 
 #: Queries and keys per tile: a 128 x 512 fp32 score tile is 256 KiB, inside one core's L2. 128
 #: queries rather than 64 halve how often k and v stream through the cache, which showed at
@@ -57,17 +67,24 @@ _SOURCE = Path(__file__).with_name("csrc") / "attention_cpu.cpp"
 # torch has already loaded (the one its BLAS calls run under) instead of a second one.
 # -march=native suits a cache keyed by this machine's processor (see _extension_name).
 _CFLAGS = ["-O3", "-fopenmp"] + (["-march=native"] if platform.machine() in ("x86_64", "AMD64") else [])
-#: A build lock older than this is left over from a build that was killed: it is removed
-#: instead of waited on forever (torch's loader waits while the lock file exists).
-STALE_LOCK_SECONDS = 900
+#: What a build takes on the project's 2-core CPU: 34-39 s idle, 112 s beside other jobs (load 5).
+_BUILD_TIME = "35 s to 2 min"
 
 
-def _extension_name() -> str:
-    """A name unique to the source, the flags, torch's version and the processor."""
+def _extension_name(source: Path = _SOURCE) -> str:
+    """A name unique to everything the build reads: the source's contents *and absolute path*, the
+    flags, the compiler, torch's version and location, Python's ABI and headers, the processor.
+
+    torch's build.ninja holds the absolute paths of the source and of torch's and Python's headers:
+    under a name that omits them, a second clone or virtual environment sharing torch's extension
+    cache rewrites it, and ninja silently recompiles (then again for the first clone)."""
     digest = hashlib.sha256()
-    for part in (_SOURCE.read_bytes(), " ".join(_CFLAGS).encode(), torch.__version__.encode(),
-                 _processor_fingerprint().encode()):
-        digest.update(part)
+    for part in (source.read_bytes(), str(source.resolve()), " ".join(_CFLAGS), os.environ.get("CXX", "c++"),
+                 torch.__version__, str(Path(torch.__file__).resolve().parent),
+                 sys.implementation.cache_tag + sys.abiflags, sysconfig.get_paths()["include"],
+                 _processor_fingerprint()):
+        digest.update(part if isinstance(part, bytes) else part.encode())
+        digest.update(b"\0")
     return f"attnlab_cpu_{digest.hexdigest()[:12]}"
 
 
@@ -81,13 +98,23 @@ def _processor_fingerprint() -> str:
     return "\n".join(keep) or platform.machine()
 
 
-def _remove_stale_lock(build_dir: Path) -> None:
-    lock = build_dir / "lock"
-    try:
-        if time.time() - lock.stat().st_mtime > STALE_LOCK_SECONDS:
-            lock.unlink()
-    except FileNotFoundError:
-        pass
+@contextlib.contextmanager
+def _build_lock(lock_path: Path, what: str):
+    """Exclusive use of one build across processes (torchrun ranks, pytest workers, two clones).
+
+    An OS lock (``flock``) on ``lock_path``, which the OS releases when its holder exits or is
+    killed, so no lock outlives its build. Says so on stderr when another process holds it. Where
+    ``fcntl`` does not exist (Windows), only torch's own lock file guards the build."""
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock_path, "a") as handle:  # closing it releases the lock
+        if fcntl is not None:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                print(f"attnlab: waiting for another process's build of {what} (lock {lock_path})",
+                      file=sys.stderr, flush=True)
+                fcntl.flock(handle, fcntl.LOCK_EX)
+        yield
 
 
 def _built(build_dir: Path, name: str) -> bool:
@@ -124,27 +151,49 @@ def _on_path(folder: str):
 @functools.cache
 def _load() -> ModuleType | str:
     """The compiled extension, or the reason it cannot be had (tried once per process)."""
+    return _load_extension(_SOURCE)
+
+
+def _build_paths(source: Path) -> tuple[str, Path, Path]:
+    """The extension's name, its build folder (created) and the lock file beside it."""
+    from torch.utils import cpp_extension
+
+    name = _extension_name(source)
+    build_dir = Path(cpp_extension._get_build_directory(name, verbose=False))
+    return name, build_dir, build_dir.with_name(f"{name}.lock")
+
+
+def _load_extension(source: Path) -> ModuleType | str:
+    """The extension compiled from ``source`` (built first where needed), or why it cannot be had.
+
+    The build goes to ``<torch's extension cache>/<name>`` (``TORCH_EXTENSIONS_DIR`` moves the
+    cache), with ``name`` from :func:`_extension_name`. One process builds at a time, under
+    :func:`_build_lock`; the others wait for it and then only load the library."""
     ninja_dir = _ninja_dir()
     if ninja_dir is None:
         return "backend 'cpp' needs the ninja build tool to compile its kernels: pip install ninja"
     from torch.utils import cpp_extension
 
-    build_dir = name = None
     try:
-        name = _extension_name()
-        build_dir = Path(cpp_extension._get_build_directory(name, verbose=False))
-        _remove_stale_lock(build_dir)
-        if not _built(build_dir, name):
-            print(f"attnlab: compiling the 'cpp' backend's CPU kernels once (about a minute) into {build_dir}",
-                  flush=True)
-        with _on_path(ninja_dir):
-            return cpp_extension.load(name, [str(_SOURCE)], extra_cflags=_CFLAGS, verbose=False)
+        name, build_dir, lock_path = _build_paths(source)
+        with _build_lock(lock_path, f"the 'cpp' backend's kernels in {build_dir}"):
+            # torch's own lock file, taken inside ours: one found here was left by a killed build
+            # (torch's loader would wait for it to vanish, forever).
+            (build_dir / "lock").unlink(missing_ok=True)
+            if not _built(build_dir, name):
+                print(f"attnlab: compiling the 'cpp' backend's CPU kernels (about {_BUILD_TIME}, once) into "
+                      f"{build_dir}", file=sys.stderr, flush=True)
+            try:
+                with _on_path(ninja_dir):
+                    return cpp_extension.load(name, [str(source)], extra_cflags=_CFLAGS, verbose=False)
+            except Exception:
+                # torch's loader would skip the build of an unchanged source next time and report
+                # only the missing library: clear the failed build so the next try says why.
+                if not _built(build_dir, name):
+                    shutil.rmtree(build_dir, ignore_errors=True)
+                raise
     except Exception as err:  # a missing compiler, a compile or link error, an unloadable library
         detail = " ".join(str(err).split())[-600:]
-        # torch's loader would skip the build of an unchanged source next time and report only
-        # the missing library: clear the failed build so the next process retries and says why.
-        if build_dir is not None and not (build_dir / "lock").exists() and not _built(build_dir, name):
-            shutil.rmtree(build_dir, ignore_errors=True)
         return f"backend 'cpp' could not build its C++ kernels ({type(err).__name__}: {detail}): use backend 'chunked'"
 
 
