@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import itertools
 import json
+import math
 import os
+import shlex
+import signal
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -294,3 +298,239 @@ def test_sections_type_check_when_built_directly():
         T.TrainConfig(steps="3")
     with pytest.raises(TypeError, match="mask_prob must be float"):
         T.DataConfig(mask_prob="high")
+
+
+# --- run folders: nothing lost, nothing stale ------------------------------------------------
+
+
+def latest_state(run_dir: Path) -> dict:
+    ckpt = run_dir / "checkpoints" / (run_dir / "checkpoints" / "latest").read_text()
+    return torch.load(ckpt / "state.pt", weights_only=True)
+
+
+def test_new_run_refuses_a_non_empty_out_dir_and_overwrite_clears_it(tmp_path):
+    from attnlab.checkpoints import config_hash
+
+    T.train(small(tmp_path, steps=4))
+    run = tmp_path / "run"
+    other = small(tmp_path, steps=2, seed=1)
+    with pytest.raises(ValueError, match=r"is not empty.*--resume.*--overwrite"):
+        T.train(other)
+    assert latest_state(run)["step"] == 4  # untouched
+    T.train(other, overwrite=True)
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["latest", "step_00000002"]
+    state = latest_state(run)
+    assert state["step"] == 2 and state["config"]["train"]["seed"] == 1
+    assert state["config_hash"] == config_hash(state["config"])
+    assert json.loads((run / "run.json").read_text())["config_hash"] == state["config_hash"]
+    assert len(losses(run)) == 2
+    with pytest.raises(ValueError, match="--resume and --overwrite exclude each other"):
+        T.train(other, resume=True, overwrite=True)
+
+
+def test_overwrite_refuses_a_folder_that_is_not_a_run(tmp_path):
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "notes.txt").write_text("mine")
+    with pytest.raises(ValueError, match="not a run folder; refusing to delete it"):
+        T.train(small(tmp_path), overwrite=True)
+    assert (tmp_path / "run" / "notes.txt").read_text() == "mine"
+
+
+def test_main_new_run_into_an_old_run_exits_2_naming_resume_and_overwrite(tmp_path, capsys):
+    path = tmp_path / "c.yaml"
+    path.write_text(f"data: {{source: counting}}\ntrain: {{out_dir: {tmp_path / 'run'}, progress: false}}\n")
+    args = [str(path), "model.n_layers=1", "model.d_model=16", "model.n_heads=2", "train.steps=2"]
+    assert T.main(args) == 0
+    capsys.readouterr()
+    assert T.main([*args, "train.seed=3"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "--resume" in err and "--overwrite" in err
+    assert T.main([*args, "train.seed=3", "--overwrite"]) == 0
+    assert latest_state(tmp_path / "run")["config"]["train"]["seed"] == 3
+
+
+def test_checkpoint_records_the_config_hash_and_resume_checks_it(tmp_path):
+    from attnlab.checkpoints import config_hash, run_identity
+
+    cfg = small(tmp_path, steps=2)
+    T.train(cfg)
+    state = latest_state(tmp_path / "run")
+    assert state["config_hash"] == config_hash(state["config"])
+    assert "steps" not in run_identity(state["config"])["train"] and "lr" in run_identity(state["config"])["train"]
+    for over, match in ((["train.lr=2e-3"], r"another train config \(train.lr: 0.001 -> 0.002\)"),
+                        (["data.mask_prob=0.3"], r"another data config \(data.mask_prob: 0.15 -> 0.3\)"),
+                        (["model.n_layers=2"], r"another model config \(model.n_layers: 1 -> 2\)")):
+        other = T.load_config(None, [f"{k}={v}" for k, v in
+                                     (o.split("=") for o in [*small_overrides(tmp_path, steps=4), *over])])
+        with pytest.raises(ValueError, match=match):
+            T.train(other, resume=True)
+    T.train(small(tmp_path, steps=4, log_every=2, ckpt_every=1, keep_checkpoints=3), resume=True)  # bookkeeping
+    assert latest_state(tmp_path / "run")["step"] == 4
+
+
+def small_overrides(tmp_path: Path, **train) -> list[str]:
+    return ["model.n_layers=1", "model.d_model=32", "model.n_heads=2", "model.context=16",
+            "model.kernel=expressive", "data.source=counting",
+            *(f"train.{k}={v}" for k, v in {"steps": 8, "batch_size": 4, "log_every": 1, "progress": False,
+                                             "warmup_steps": 2, "out_dir": str(tmp_path / "run"), **train}.items())]
+
+
+def test_save_checkpoint_replaces_a_stale_step_and_drops_later_ones(tmp_path):
+    from attnlab.checkpoints import save_checkpoint
+
+    cfg = small(tmp_path, steps=6, ckpt_every=2, keep_checkpoints=5)
+    T.train(cfg)
+    root = tmp_path / "run" / "checkpoints"
+    assert sorted(p.name for p in root.glob("step_*")) == ["step_00000002", "step_00000004", "step_00000006"]
+    model = build_model(ModelConfig(**latest_state(tmp_path / "run")["config"]["model"]))
+    opt = torch.optim.AdamW(model.parameters())
+    stale = root / "step_00000004" / "state.pt"
+    before = stale.stat().st_mtime_ns
+    save_checkpoint(tmp_path / "run", 4, model, opt, torch.Generator(), cfg, keep=5, schedule_steps=6)
+    assert (root / "step_00000004" / "state.pt").stat().st_mtime_ns != before  # rewritten, not skipped
+    assert sorted(p.name for p in root.glob("step_*")) == ["step_00000002", "step_00000004"]  # 6 is abandoned
+    assert (root / "latest").read_text() == "step_00000004"
+
+
+def test_resume_uses_the_last_complete_checkpoint_and_removes_partial_ones(tmp_path, capsys):
+    T.train(small(tmp_path, steps=4, ckpt_every=2))
+    root = tmp_path / "run" / "checkpoints"
+    partial = root / ".tmp-killed"  # what SIGKILL during a checkpoint write leaves
+    partial.mkdir()
+    (partial / "model.safetensors").write_bytes(b"half")
+    (root / "latest").unlink()  # killed before `latest` was written, too
+    capsys.readouterr()
+    T.train(small(tmp_path, steps=6, ckpt_every=2), resume=True)
+    err = capsys.readouterr().err
+    assert "resuming from" in err and "step_00000004 (step 4)" in err and "removed 1 partial checkpoint" in err
+    assert not partial.exists() and latest_state(tmp_path / "run")["step"] == 6
+    assert [json.loads(ln)["step"] for ln in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()] \
+        == [1, 2, 3, 4, 5, 6]
+
+
+def test_resume_with_only_a_partial_checkpoint_says_so(tmp_path):
+    root = tmp_path / "run" / "checkpoints"
+    (root / ".tmp-abc").mkdir(parents=True)
+    (tmp_path / "run" / "run.json").write_text("{}")
+    with pytest.raises(ValueError, match=r"--resume: no checkpoint in .*1 partial one.*'\.tmp-abc'.*--overwrite"):
+        T.train(small(tmp_path), resume=True)
+    T.train(small(tmp_path, steps=2), overwrite=True)
+    assert not (root / ".tmp-abc").exists() and latest_state(tmp_path / "run")["step"] == 2
+
+
+def test_resume_at_or_past_steps_says_so(tmp_path, capsys):
+    path = tmp_path / "c.yaml"
+    path.write_text(f"data: {{source: counting}}\ntrain: {{out_dir: {tmp_path / 'run'}, progress: false}}\n")
+    args = [str(path), "model.n_layers=1", "model.d_model=16", "model.n_heads=2"]
+    assert T.main([*args, "train.steps=3"]) == 0
+    metrics = (tmp_path / "run" / "metrics.jsonl").read_text()
+    capsys.readouterr()
+    for steps in (3, 2):
+        assert T.main([*args, f"train.steps={steps}", "--resume"]) == 0
+        out = capsys.readouterr().out.strip()
+        assert out == (f"attnlab train: the run in {tmp_path / 'run'} is already at step 3 >= train.steps ({steps}); "
+                       "nothing to do (raise train.steps=... to train further)")
+    assert (tmp_path / "run" / "metrics.jsonl").read_text() == metrics
+
+
+def test_extending_a_run_continues_the_lr_schedule(tmp_path):
+    T.train(small(tmp_path, steps=8, lr=1e-3, min_lr=1e-4))
+    T.train(small(tmp_path, steps=12, lr=1e-3, min_lr=1e-4), resume=True)
+    lrs = [json.loads(ln)["lr"] for ln in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert len(lrs) == 12 and lrs[7] == pytest.approx(1e-4 + 0.5 * 9e-4 * (1 + math.cos(math.pi * 5 / 6)))
+    assert lrs[8:] == [pytest.approx(1e-4)] * 4  # no jump back up: the cosine ended at step 8
+    assert latest_state(tmp_path / "run")["schedule_steps"] == 8
+    tc = T.TrainConfig(steps=12, warmup_steps=2, lr=1e-3, min_lr=1e-4)
+    assert T.lr_at(8, tc, 8) == pytest.approx(1e-4) and T.lr_at(8, tc) > 2e-4
+
+
+# --- interrupts ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("signum, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)], ids=["SIGINT", "SIGTERM"])
+def test_signal_finishes_the_step_writes_a_checkpoint_and_exits(tmp_path, signum, code):
+    script = tmp_path / "train_counting.py"
+    script.write_text(textwrap.dedent(f"""
+        import sys
+        sys.path.insert(0, {str(Path(__file__).parent)!r})
+        from attnlab import train
+        from test_train import CountingSource
+        train.register_source("counting", CountingSource, overwrite=True)
+        sys.exit(train.main(sys.argv[1:]))
+    """))
+    cfg_path = tmp_path / "c.yaml"
+    cfg_path.write_text("{}\n")
+    run = tmp_path / "run"
+    overrides = small_overrides(tmp_path, steps=10**6, progress=True)
+    proc = subprocess.Popen([sys.executable, str(script), str(cfg_path), *overrides],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    try:
+        deadline = time.monotonic() + 120  # a hang guard only
+        while not ((run / "metrics.jsonl").exists() and (run / "metrics.jsonl").read_text().strip()):
+            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+            time.sleep(0.05)
+        proc.send_signal(signum)
+        err = proc.communicate(timeout=120)[1]
+    finally:
+        proc.kill()
+    assert proc.returncode == code, err[-3000:]
+    assert "Traceback" not in err
+    lines = [ln for ln in err.replace("\r", "\n").splitlines() if ln.startswith("attnlab train:")]
+    step = json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])["step"]
+    ckpt = run / "checkpoints" / f"step_{step:08d}"
+    again = shlex.join(["attnlab", "train", str(cfg_path), *overrides, "--resume"])
+    name = signal.Signals(signum).name
+    assert lines == [f"attnlab train: stopped by {name} after step {step}; checkpoint {ckpt}; continue with: {again}"]
+    assert (run / "checkpoints" / "latest").read_text() == ckpt.name and latest_state(run)["step"] == step
+    T.train(small(tmp_path, steps=step + 2), resume=True)
+    assert [json.loads(ln)["step"] for ln in (run / "metrics.jsonl").read_text().splitlines()] == \
+        list(range(1, step + 3))
+
+
+# --- errors before any work ------------------------------------------------------------------
+
+
+def test_malformed_yaml_names_the_file(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("model: {n_layers: 2\ntrain: [\n")
+    with pytest.raises(ValueError, match=rf"config file {path} is not valid YAML: .*line"):
+        T.load_config(path)
+    with pytest.raises(ValueError, match=r"config file .*nope.yaml does not exist"):
+        T.load_config(tmp_path / "nope.yaml")
+
+
+def test_backend_that_cannot_compute_the_kernel_fails_when_the_config_loads():
+    with pytest.raises(ValueError, match=r"model.backend 'sdpa' does not support model.kernel 'expressive'"):
+        T.load_config(None, ["model.backend=sdpa", "model.kernel=expressive"])
+    with pytest.raises(ValueError, match=r"model.backend must be 'auto' or one of \["):
+        T.load_config(None, ["model.backend=nope"])
+    assert T.load_config(None, ["model.backend=sdpa", "model.kernel=softmax"]).model.backend == "sdpa"
+
+
+@pytest.mark.parametrize("overrides, match", [
+    (["data.source=corpus", "data.name=nonexistent"], "data.name must be 'stdlib'"),
+    (["data.source=task", "data.name=nonexistent"], "data: name must be one of"),
+    (["train.device=cuda"], "train.device is 'cuda' but this torch"),
+])
+def test_errors_before_any_work(tmp_path, capsys, overrides, match):
+    if "train.device=cuda" in overrides and torch.cuda.is_available():
+        pytest.skip("CUDA is available here")
+    if "data.source=corpus" in overrides:
+        pytest.importorskip("attnlab.data.corpus")
+    cfg = T.load_config(None, [*small_overrides(tmp_path), *overrides])
+    with pytest.raises(ValueError, match=match):
+        T.train(cfg)
+    path = tmp_path / "c.yaml"
+    path.write_text("{}\n")
+    assert T.main([str(path), *small_overrides(tmp_path), *overrides, "train.progress=true"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("attnlab train: error: ") and len(err.strip().splitlines()) == 1 and match in err
+    assert not (tmp_path / "run").exists()
+
+
+def test_main_reports_a_backend_kernel_mismatch_before_work(tmp_path, capsys):
+    path = tmp_path / "c.yaml"
+    path.write_text("model: {backend: sdpa, kernel: expressive}\n")
+    assert T.main([str(path), *small_overrides(tmp_path)[:4], "data.source=counting"]) == 2
+    assert "model.backend 'sdpa' does not support model.kernel 'expressive'" in capsys.readouterr().err

@@ -46,6 +46,10 @@ class CorpusSource:
     def __init__(self, cfg: DataConfig, context: int) -> None:
         from . import corpus, tokenizers
 
+        try:  # an unknown corpus fails here, not at the first batch
+            corpus._resolve(cfg.name)
+        except (ValueError, TypeError) as err:
+            raise type(err)(f"data.{err}".replace("data.name_or_path", "data.name")) from None
         self._corpus, self._cfg, self._streams = corpus, cfg, {}
         self.tokenizer = tokenizers.get_tokenizer(cfg.tokenizer)
         self.vocab_size, self.seq_len = int(self.tokenizer.vocab_size), context
@@ -66,7 +70,10 @@ class TaskSource:
         from . import tasks
 
         self._tasks = tasks
-        self.task = tasks.task_config(cfg.name, cfg.complexity, seed=cfg.task_seed)
+        try:
+            self.task = tasks.task_config(cfg.name, cfg.complexity, seed=cfg.task_seed)
+        except (ValueError, TypeError) as err:
+            raise type(err)(f"data: {err}") from None
         self.vocab_size, self.seq_len = int(self.task.vocab_size), int(self.task.seq_len)
 
     def next(self, batch_size: int, generator: torch.Generator, split: str = "train"):

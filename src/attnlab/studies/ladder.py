@@ -204,13 +204,15 @@ def train_cell(preset: LadderPreset, task: str, level: int, kernel: str, seed: i
 
     from safetensors.torch import load_file
 
+    from ..checkpoints import find_checkpoint
     from ..models import build_model
     from ..train import train
 
     out_dir = Path(root) / "cells" / cell_key(task, level, kernel, seed)
     cfg, spec = _run_config(preset, task, level, kernel, seed, out_dir)
     start = time.perf_counter()
-    train(cfg, resume=(out_dir / "checkpoints" / "latest").exists())
+    resume = find_checkpoint(out_dir) is not None  # else start over (a cell killed before its checkpoint)
+    train(cfg, resume=resume, overwrite=not resume)
     ckpt = out_dir / "checkpoints" / (out_dir / "checkpoints" / "latest").read_text().strip()
     model = build_model(cfg.model)
     model.load_state_dict(load_file(str(ckpt / "model.safetensors")))

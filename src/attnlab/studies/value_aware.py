@@ -153,13 +153,15 @@ def train_cell(run: RunDir, preset: ValueAwarePreset, kind: str, kernel: str, se
     """Train one model into ``run/models/<kind>-<kernel>/`` (safetensors checkpoints written
     atomically by :func:`attnlab.train.train`) unless the run folder already holds it; a
     half-finished training continues from its last checkpoint."""
+    from ..checkpoints import find_checkpoint
     from ..train import train
 
     key = f"train/{kind}/{kernel}"
     if run.cell(key) is None:
         cfg = _run_config(preset, kind, kernel, run.path / "models" / f"{kind}-{kernel}", seed)
         t0 = time.perf_counter()
-        last = train(cfg, resume=(Path(cfg.train.out_dir) / "checkpoints" / "latest").exists(), source=source)
+        resume = find_checkpoint(Path(cfg.train.out_dir)) is not None  # else start over (a run killed early)
+        last = train(cfg, resume=resume, overwrite=not resume, source=source)
         run.save_cell(key, {"train_loss": last.get("loss"), "seconds": time.perf_counter() - t0})
     return run.cell(key)
 
