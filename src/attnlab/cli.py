@@ -1,4 +1,4 @@
-"""The ``attnlab`` command.
+"""The ``attnlab`` command (also ``python -m attnlab``).
 
     attnlab demo                      the main job: EA vs DPA side by side, then both studies (quick)
     attnlab study value-aware [...]   Study 1: value-aware vs value-oblivious approximation in LMs
@@ -7,16 +7,30 @@
     attnlab train CONFIG.yaml [...]   train a model
     attnlab build-cpp                 compile the 'cpp' backend's CPU kernels now (else on first use)
 
-Each subcommand imports what it needs when it runs, so ``attnlab --help`` stays fast.
+``train``, ``approx-error`` and ``study NAME`` hand the rest of the command line, options in any
+order, to their own parser (``attnlab train --help``). Each subcommand imports what it needs
+when it runs, and ``import attnlab`` loads its modules on first use, so ``attnlab --help``
+imports no torch and stays fast.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+import textwrap
 from collections.abc import Sequence
 
-__all__ = ["main"]
+from ._argparse import ArgumentParser
+
+__all__ = ["build_parser", "main"]
+
+# the studies: name -> (module under attnlab.studies, what ``attnlab study --help`` says of it)
+STUDIES = {
+    "value-aware": ("value_aware", "Study 1 (Gupta & Berant, EMNLP 2021): value-aware vs value-oblivious "
+                    "sparse approximation of attention in language models, per kernel"),
+    "ladder": ("ladder", "Study 2 (Gros, arXiv 2407.18601): expressive attention (EA) vs dot-product "
+               "attention (DPA) on the complexity ladder of synthetic tasks"),
+}
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -113,29 +127,26 @@ def _time_attention(q, k, v, kernel: str, repeats: int) -> tuple[float, float]:
     return forward, time_call(lambda: run().sum().backward(), repeats=repeats)
 
 
-def _train(args: argparse.Namespace) -> int:
-    from attnlab.train import main as train_main
+def _delegate(command: str, rest: list[str]) -> int:
+    """Run ``train``, ``approx-error`` or ``study NAME`` with its own parser on ``rest``."""
+    if command == "train":
+        from .train import main as run
+    elif command == "approx-error":
+        from .studies.approx_error import main as run
+    else:
+        import importlib
 
-    return train_main(args.rest)
-
-
-def _study(args: argparse.Namespace) -> int:
-    from attnlab.studies import ladder, value_aware
-
-    study = {"value-aware": value_aware, "ladder": ladder}[args.name]
-    return study.main(args.rest)
-
-
-def _approx_error(args: argparse.Namespace) -> int:
-    from attnlab.studies import approx_error
-
-    return approx_error.main(args.rest)
+        run = importlib.import_module(f"attnlab.studies.{STUDIES[command][0]}").main
+    return int(run(rest) or 0)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="attnlab", description=__doc__.splitlines()[0])
-    sub = parser.add_subparsers(dest="command", required=True)
-    demo = sub.add_parser("demo", help="DPA vs EA side by side on random inputs")
+    """The parser of ``attnlab``: every subcommand for ``--help``; ``demo`` and ``build-cpp``'s
+    options (the others parse their own, see :func:`main`)."""
+    parser = ArgumentParser(prog="attnlab", description="The attnlab command (also: python -m attnlab).",
+                            epilog="'attnlab COMMAND --help' shows the options of each command.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    demo = sub.add_parser("demo", help="DPA vs EA side by side on random inputs, then both studies (quick)")
     demo.add_argument("--lengths", type=int, nargs="+", default=[256, 1024], help="sequence lengths")
     demo.add_argument("--tokens", type=int, default=4096, help="batch size x length")
     demo.add_argument("--repeats", type=int, default=3, help="timed runs per case (best is shown)")
@@ -144,29 +155,37 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--out", default="reports", help="folder for the study reports")
     demo.add_argument("--side-by-side-only", action="store_true", help="skip the studies")
     demo.set_defaults(func=_demo)
-    for name, func, help_text in (
-        ("train", _train, "train a model from a YAML config"),
-        ("approx-error", _approx_error, "approximation error of methods over r"),
-    ):
-        cmd = sub.add_parser(name, help=help_text, add_help=False)
-        cmd.add_argument("rest", nargs=argparse.REMAINDER)
-        cmd.set_defaults(func=func)
+    sub.add_parser("train", help="train a model from a YAML config (attnlab train --help)", add_help=False)
+    sub.add_parser("approx-error", help="approximation error of methods over r (attnlab approx-error --help)",
+                   add_help=False)
     build = sub.add_parser("build-cpp", help="compile the 'cpp' backend's C++ CPU kernels now")
     build.set_defaults(func=_build_cpp)
-    study = sub.add_parser("study", help="run a study: value-aware or ladder")
-    study.add_argument("name", choices=["value-aware", "ladder"])
-    study.add_argument("rest", nargs=argparse.REMAINDER, help="the study's own options (--help for them)")
-    study.set_defaults(func=_study)
+    studies = "\n".join(textwrap.fill(text, 100, initial_indent=f"  {name:<13}", subsequent_indent=" " * 15)
+                         for name, (_, text) in STUDIES.items())
+    study = sub.add_parser("study", help="run a study: " + " or ".join(STUDIES),
+                           formatter_class=argparse.RawDescriptionHelpFormatter,
+                           description=f"Run a study; 'attnlab study NAME --help' shows its options.\n\n"
+                                       f"studies:\n{studies}")
+    study.add_argument("name", choices=list(STUDIES), help="the study")
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    """``attnlab COMMAND ...``; returns the exit code (2: a usage error, one line on stderr)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] in (["train"], ["approx-error"]):
+        return _delegate(argv[0], argv[1:])
+    if argv[:1] == ["study"] and argv[1:2] and argv[1] in STUDIES:
+        return _delegate(argv[1], argv[2:])
+    parser = build_parser()
+    args = parser.parse_args(argv)  # --help, demo, build-cpp, and `study` without a known name
+    if args.command == "study":
+        parser.error("study: give the study's name first, then its options")
     for name in ("lengths", "tokens", "repeats"):
         values = getattr(args, name, None)
         values = values if isinstance(values, list) else [values]
         if any(v is not None and v < 1 for v in values):
-            print(f"attnlab: error: --{name} must be >= 1", file=sys.stderr)
+            print(f"attnlab {args.command}: error: --{name} must be >= 1", file=sys.stderr)
             return 2
     return int(args.func(args) or 0)
 

@@ -234,7 +234,9 @@ def _groups(args: argparse.Namespace) -> list[tuple[str, str, str, dict[str, Any
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``attnlab approx-error`` options."""
-    ap = argparse.ArgumentParser(prog="attnlab approx-error", description=__doc__.splitlines()[0])
+    from .._argparse import ArgumentParser, first_paragraph
+
+    ap = ArgumentParser(prog="attnlab approx-error", description=first_paragraph(__doc__))
     ap.add_argument("--methods", nargs="+", default=list(DEFAULT_METHODS),
                     choices=available_oracles() + list(PRACTICAL))
     ap.add_argument("--rs", type=int, nargs="+", default=[1, 2, 4, 8, 16], help="budgets r")
@@ -269,6 +271,10 @@ def _check(args: argparse.Namespace) -> None:
         raise ValueError(f"--rs must be <= --length ({args.length}), got {max(args.rs)}")
     if args.checkpoint is not None and args.hf_model is not None:
         raise ValueError("--checkpoint and --hf-model: give at most one")
+    if args.hf_model is not None:
+        from .._argparse import check_hf_model
+
+        check_hf_model(args.hf_model)
     bad = [k for k in args.kernels if k not in available_kernels()]
     if bad:
         raise ValueError(f"--kernels must be in {available_kernels()}, got {bad}")

@@ -22,7 +22,6 @@ retrains nothing that finished.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import itertools
 import statistics
@@ -442,7 +441,9 @@ def run(preset: str | LadderPreset, out: str | Path = "reports", resume: str | P
 
 def main(argv: list[str] | None = None) -> int:
     """``attnlab study ladder [--preset quick] [--out reports] [--resume RUN_DIR] [--seed N] ...``"""
-    parser = argparse.ArgumentParser(prog="attnlab study ladder", description=__doc__.splitlines()[0])
+    from .._argparse import ArgumentParser, first_paragraph
+
+    parser = ArgumentParser(prog="attnlab study ladder", description=first_paragraph(__doc__))
     parser.add_argument("--preset", default="quick", choices=sorted(PRESETS))
     parser.add_argument("--out", default="reports", help="folder for the run folder")
     parser.add_argument("--resume", default=None, help="an earlier run folder to finish")

@@ -21,7 +21,6 @@ loss, perplexity, error % (next token; masked LM: masked tokens), per-layer outp
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import itertools
 import math
@@ -408,7 +407,9 @@ def run(preset: str | ValueAwarePreset = "quick", out: str | Path = "reports", r
 def main(argv: Sequence[str] | None = None) -> int:
     """``attnlab study value-aware [--preset tiny|quick|paper] [--out DIR] [--resume RUN] [--seed N]
     [--hf-model NAME_OR_PATH]``; returns an exit code (2 for bad options, before any work)."""
-    ap = argparse.ArgumentParser(prog="attnlab study value-aware", description=__doc__.splitlines()[0])
+    from .._argparse import ArgumentParser, check_hf_model, first_paragraph
+
+    ap = ArgumentParser(prog="attnlab study value-aware", description=first_paragraph(__doc__))
     ap.add_argument("--preset", choices=list(PRESETS), default="quick")
     ap.add_argument("--out", default="reports")
     ap.add_argument("--resume", help="a run folder to finish (finished cells are not recomputed)")
@@ -418,6 +419,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.resume is not None and not (Path(args.resume) / "run.json").is_file():
         print(f"attnlab study value-aware: error: --resume must be a run folder, got {args.resume!r}",
               file=sys.stderr)
+        return 2
+    try:
+        if args.hf_model is not None:
+            check_hf_model(args.hf_model)
+    except ValueError as err:
+        print(f"attnlab study value-aware: error: {err}", file=sys.stderr)
         return 2
     print(run(args.preset, args.out, args.resume, seed=args.seed, hf_model=args.hf_model))
     return 0
