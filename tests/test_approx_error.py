@@ -158,3 +158,34 @@ def test_cli_on_attnlab_checkpoint_and_hf_model(tmp_path):
     assert {r["condition"] for r in rows} == {"layer=0", "layer=1"}
     va9 = [float(r["value_aware_error"]) for r in rows if r["method"] == "va-greedy" and r["r"] == "9"]
     assert max(va9) < 0.05  # D + 1 = 9 keys (greedy: close to the Caratheodory zero)
+
+
+def test_plot_series_styles_stops_and_missing_methods():
+    """Issue 12: coinciding lines hid legend entries, va-exact's single point (r = 1) was drawn
+    as a constant line over every r, and where a method stopped was not said."""
+    q, k, v = ae.synthetic_qkv(batch=1, heads=1, length=12, head_dim=3)
+    methods = ["topr", "topr-l2", "va-greedy", "va-exact", "topk", "performer", "linear", "cosformer"]
+    rows = ae.compare_methods(q, k, v, kernel="relu", methods=methods, rs=[1, 2, 4], va_exact_max_subsets=70)
+    series, styles, notes, caption = ae.plot_series(rows, methods, [1, 2, 4])
+    assert list(series) == [m for m in methods if m != "performer"]
+    assert len(set(styles.values())) == len(styles) and styles["va-greedy"].startswith("--")
+    assert not styles["topk"].startswith("--")
+    # C(12, 2) = 66 <= 70 < C(12, 4): va-exact runs at r = 1, 2 only, and the plot says so
+    assert series["va-exact"][0] == [1, 2]
+    assert notes == {"va-exact": "stops at r=2: va-exact infeasible: C(12, 4) > 70 supports"}
+    assert series["linear"][0] == [1, 2, 4] and len(set(series["linear"][1])) == 1  # no budget: constant
+    assert caption == "not shown: performer (performer approximates softmax only)"
+
+
+def test_cli_writes_no_empty_plot_and_says_why(tmp_path, capsys):
+    """Issue 12: a nystrom-only causal run wrote an empty plot (and a matplotlib warning)."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert ae.main(["--out", str(tmp_path), "--rs", "2", "4", "--temperatures", "1", "--length", "8",
+                        "--head-dim", "4", "--kernels", "softmax", "--methods", "nystrom", "--causal"]) == 0
+    (run,) = tmp_path.iterdir()
+    assert not list(run.glob("*.png"))
+    why = "No plot for synthetic softmax T=1: no method applies (nystrom (nystrom is non-causal and takes no mask))."
+    assert why in (run / "report.md").read_text() and why in capsys.readouterr().out

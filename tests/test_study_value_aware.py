@@ -119,3 +119,56 @@ def test_bad_run_arguments(tmp_path, capsys):
     (tmp_path / "other" / "run.json").write_text('{"study": "ladder", "seeds": [0]}')
     with pytest.raises(ValueError, match="resume must be a value-aware run folder"):
         va.run("tiny", resume=str(tmp_path / "other"))
+
+
+VERDICTS = ("Holds at some budgets", "Does not hold here", "Agrees (monotone", "Does not agree", "Inconclusive")
+
+
+def test_tiny_report_has_the_smoke_caveat_and_no_bare_verdict(tiny_run):
+    """Issue 12: the tiny preset's untrained models (91.67 / 100 % error in every cell) got
+    verdicts on the claims with no caveat."""
+    report = (tiny_run / "report.md").read_text()
+    verdicts = report.split("## Verdicts", 1)[1].split("\n## ", 1)[0]
+    assert "Caveat: a smoke test, not evidence" in verdicts and "trained for 15 steps" in verdicts
+    assert not any(v in report for v in VERDICTS)
+    assert verdicts.count("Not judged (smoke test") == verdicts.count("**Claim")
+
+
+def _cells(err_by_method, skewness=0.2):
+    rows = []
+    for kernel, errs in err_by_method.items():
+        rows.append({"kind": "causal", "kernel": kernel, "method": "exact", "r": 0, "error_pct": errs[0],
+                     "skipped": "", "skewness": skewness, "mean_layer_error": 0.0})
+        for r, e in zip((1, 2), errs[1:], strict=True):
+            for method, err in (("topr", e + 9.0), ("va-greedy", e)):
+                rows.append({"kind": "causal", "kernel": kernel, "method": method, "r": r, "error_pct": err,
+                             "skipped": "", "skewness": skewness, "mean_layer_error": 0.1})
+    return rows
+
+
+def test_smoke_caveat_decides_from_the_budget_and_the_data():
+    trained = va.ValueAwarePreset(rs=(1, 2), steps=500)
+    moving = _cells({"softmax": [40.0, 45.0, 42.0]})
+    assert va.smoke_caveat(moving, trained) is None
+    lines = va._verdicts(va._diffs(moving), moving, trained, judged=True)
+    assert "Holds at some budgets" in lines[0] and "Not judged" not in lines[0]
+    short = va.smoke_caveat(moving, va.ValueAwarePreset(rs=(1, 2), steps=15))
+    assert "trained for 15 steps" in short
+    flat = [dict(r, error_pct=91.67) for r in moving]
+    caveat = va.smoke_caveat(flat, trained)
+    assert "No approximation changes the error % of causal softmax (91.67%)" in caveat
+    assert va.smoke_caveat(flat, trained, trained=False) == caveat  # a loaded (HF) model too
+    lines = va._verdicts(va._diffs(flat), flat, trained, judged=False)
+    assert "Not judged" in lines[0] and not any(v in line for line in lines for v in VERDICTS)
+
+
+def test_plots_skip_a_model_with_nothing_to_draw(tmp_path):
+    from attnlab.studies.report import RunDir
+
+    run = RunDir.create(tmp_path, "value-aware", config={}, seeds=[0])
+    rows = [{"kind": "causal", "kernel": "relu", "method": m, "r": r, "skipped": "performer approximates softmax "
+             "only", "error_pct": None} for m in ("performer",) for r in (1, 2)]
+    md = va._plots(run, rows, va.ValueAwarePreset(rs=(1, 2)))
+    assert md == ["No error-vs-r plot for causal relu: no method ran (performer (performer approximates softmax "
+                  "only)).", "No per-layer plot for causal: neither topr nor va-greedy ran at r = 2."]
+    assert not list(run.path.glob("*.png"))

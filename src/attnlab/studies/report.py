@@ -28,6 +28,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 import os
 import time
 from collections.abc import Iterable, Mapping, Sequence
@@ -37,7 +38,7 @@ from typing import Any
 from ..io import atomic_write_text
 from ..provenance import environment_info
 
-__all__ = ["RunDir", "atomic_write_text", "line_plot", "markdown_table"]
+__all__ = ["RunDir", "atomic_write_text", "choose_yscale", "line_plot", "markdown_table", "series_styles"]
 
 
 class RunDir:
@@ -136,16 +137,69 @@ def markdown_table(rows: Iterable[Mapping[str, Any]], columns: Sequence[str], *,
     return "\n".join(lines)
 
 
+#: One marker per series (drawn hollow, so that markers of coinciding series stay visible).
+MARKERS = "osD^v<>phX*P"
+
+#: Errors spanning more than this many decades are plotted on a log axis (``yscale="auto"``).
+LOG_DECADES = 1.5
+
+
+def series_styles(names: Sequence[str], *, dashed: Iterable[str] = ()) -> dict[str, str]:
+    """A matplotlib format string per series, distinct for up to 2 * len(MARKERS) series: each
+    gets its own marker; the ``dashed`` ones (e.g. value-aware methods) "--" or ":", the others
+    "-" or "-." (the second choice once the markers run out). Lines that coincide exactly (topr,
+    topr-l2 and topk often do) then still show every series.
+
+    >>> series_styles(["topr", "topk", "va-greedy"], dashed=["va-greedy"])
+    {'topr': '-o', 'topk': '-s', 'va-greedy': '--D'}
+    """
+    dashed = set(dashed)
+    out = {}
+    for i, name in enumerate(names):
+        lap = (i // len(MARKERS)) % 2
+        line = ("--", ":")[lap] if name in dashed else ("-", "-.")[lap]
+        out[name] = line + MARKERS[i % len(MARKERS)]
+    return out
+
+
+def choose_yscale(values: Iterable[float | None]) -> str:
+    """``"log"`` when the finite positive values span more than :data:`LOG_DECADES` decades,
+    ``"symlog"`` when they do and some value is 0 (or negative: shown linearly near 0),
+    else ``"linear"``. None and non-finite values are ignored.
+
+    >>> choose_yscale([0.5, 0.2, 0.1]), choose_yscale([0.5, 1e-3]), choose_yscale([0.5, 1e-3, 0.0])
+    ('linear', 'log', 'symlog')
+    """
+    ys = [float(y) for y in values if y is not None and math.isfinite(float(y))]
+    pos = [y for y in ys if y > 0]
+    if len(pos) < 2 or math.log10(max(pos) / min(pos)) <= LOG_DECADES:
+        return "linear"
+    return "symlog" if any(y <= 0 for y in ys) else "log"
+
+
 def line_plot(path: str | os.PathLike[str], series: Mapping[str, tuple[Sequence[float], Sequence[float]]], *,
               xlabel: str, ylabel: str, title: str = "", logx: bool = False,
               styles: Mapping[str, str] | None = None,
-              errors: Mapping[str, Sequence[float]] | None = None) -> Path | None:
+              errors: Mapping[str, Sequence[float]] | None = None, yscale: str = "linear",
+              notes: Mapping[str, str] | None = None, caption: str = "") -> Path | None:
     """Plot named (xs, ys) series as lines into a PNG; returns None when matplotlib is missing.
     A few integer x values (levels, budgets, layers) get one tick each.
 
-    ``styles`` maps a series name to a matplotlib format string (e.g. "--o"); ``errors`` to
-    symmetric error bars.
+    ``styles`` maps a series name to a matplotlib format string (e.g. "--o", see
+    :func:`series_styles`); markers are drawn hollow. ``errors`` maps a name to symmetric error
+    bars. ``yscale``: "linear", "log", "symlog" or "auto" (:func:`choose_yscale` on the data).
+    ``notes`` maps a series name to a text written at its last point (e.g. where a method stops);
+    ``caption`` is a line under the axes (e.g. the methods not shown, and why). A series whose
+    values equal an earlier one's (relative 1e-3) gets "(= earlier)" in the legend.
+
+    Raises:
+        ValueError: ``series`` holds no point (an empty plot is never written; say why instead),
+            or an unknown ``yscale``.
     """
+    if not any(len(xs) for xs, _ in series.values()):
+        raise ValueError("series must hold at least one point (an empty plot is not written)")
+    if yscale not in ("linear", "log", "symlog", "auto"):
+        raise ValueError(f"yscale must be 'linear', 'log', 'symlog' or 'auto', got {yscale!r}")
     try:
         import matplotlib
 
@@ -154,28 +208,50 @@ def line_plot(path: str | os.PathLike[str], series: Mapping[str, tuple[Sequence[
         import matplotlib.ticker
     except ImportError:
         return None
-    fig, ax = plt.subplots(figsize=(6, 4), dpi=110)
+    if yscale == "auto":
+        yscale = choose_yscale(y for _, ys in series.values() for y in ys)
+    fig, ax = plt.subplots(figsize=(7.6 if len(series) > 4 else 6, 4.4 if caption else 4), dpi=110)
+    drawn: dict[str, tuple[list[float], list[float]]] = {}
     for name, (xs, ys) in series.items():
         fmt = (styles or {}).get(name, "-o")
         err = (errors or {}).get(name)
+        pts = (list(map(float, xs)), list(map(float, ys)))
+        same = next((n for n, d in drawn.items() if d[0] == pts[0] and all(
+            math.isclose(a, b, rel_tol=1e-3, abs_tol=1e-12) for a, b in zip(d[1], pts[1], strict=True))), None)
+        label = name if same is None else f"{name} (= {same})"
+        drawn[name] = pts
+        kw = dict(label=label, markersize=5, markerfacecolor="none")
         if err is not None:
-            ax.errorbar(xs, ys, yerr=err, fmt=fmt, label=name, capsize=3, markersize=4)
+            ax.errorbar(xs, ys, yerr=err, fmt=fmt, capsize=3, **kw)
         else:
-            ax.plot(xs, ys, fmt, label=name, markersize=4)
+            ax.plot(xs, ys, fmt, **kw)
+        if notes and name in notes and len(xs):
+            ax.annotate(notes[name], (xs[-1], ys[-1]), xytext=(6, 6), textcoords="offset points", fontsize=7,
+                        arrowprops=dict(arrowstyle="-", lw=0.5))
     if logx:
         ax.set_xscale("log", base=2)
+    if yscale == "symlog":
+        pos = [y for _, ys in series.values() for y in ys if y > 0]
+        ax.set_yscale("symlog", linthresh=min(pos))
+    elif yscale == "log":
+        ax.set_yscale("log")
     ticks = sorted({x for xs, _ in series.values() for x in xs})
     if ticks and len(ticks) <= 16 and all(float(x).is_integer() for x in ticks):
         # levels, budgets r and layer numbers: a tick at each value, none between them
         ax.set_xticks(ticks, [str(int(x)) for x in ticks])
         ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
     ax.set_xlabel(xlabel)
-    ax.set_ylabel(ylabel)
+    ax.set_ylabel(ylabel + (" (log)" if yscale != "linear" else ""))
     if title:
         ax.set_title(title)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
+    if len(series) > 4:  # outside the axes, where it hides no data
+        ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
+    else:
+        ax.legend(fontsize=8)
+    if caption:
+        fig.text(0.01, 0.01, caption, fontsize=7, ha="left", va="bottom", wrap=True)
+    fig.tight_layout(rect=(0, 0.06 if caption else 0, 1, 1))
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path)

@@ -41,7 +41,8 @@ from ..models.config import check_field_types
 from .approx_error import load_trained_model, method_output, skip_reason
 from .report import RunDir
 
-__all__ = ["PRESETS", "LayerProbe", "ValueAwarePreset", "evaluate_cell", "main", "run", "train_cell"]
+__all__ = ["PRESETS", "SMOKE_STEPS", "LayerProbe", "ValueAwarePreset", "evaluate_cell", "main", "run",
+           "smoke_caveat", "train_cell"]
 
 
 @dataclass
@@ -265,18 +266,56 @@ def _diffs(rows: list[dict]) -> list[dict]:
     return out
 
 
-def _verdicts(diffs: list[dict], rows: list[dict], preset: ValueAwarePreset) -> list[str]:
+#: Fewer training steps than this make a smoke test: its report states no verdict.
+SMOKE_STEPS = 100
+
+NOT_JUDGED = "Not judged (smoke test: see the caveat above)."
+
+
+def smoke_caveat(rows: list[dict], preset: ValueAwarePreset, *, trained: bool = True) -> str | None:
+    """Why this run's numbers cannot support verdicts on the claims, or None when they can:
+    models trained for fewer than :data:`SMOKE_STEPS` steps (``trained``: the models are attnlab's
+    own), or a model whose error % no approximation changes (every cell equals the exact
+    model's: the error cannot tell methods apart, as in an untrained model that predicts one
+    token)."""
+    reasons = []
+    if trained and preset.steps < SMOKE_STEPS:
+        reasons.append(f"the models were trained for {preset.steps} steps (fewer than {SMOKE_STEPS})")
+    flat = []
+    for kind, kernel in dict.fromkeys((r["kind"], r["kernel"]) for r in rows):
+        mine = [r for r in rows if (r["kind"], r["kernel"]) == (kind, kernel) and not r["skipped"]]
+        exact = next((r for r in mine if r["method"] == "exact"), None)
+        cells = [r for r in mine if r["method"] != "exact"]
+        if exact is not None and cells and all(r["error_pct"] == exact["error_pct"] for r in cells):
+            flat.append(f"{kind} {kernel} ({exact['error_pct']:.2f}%)")
+    if flat:
+        reasons.append("no approximation changes the error % of " + ", ".join(flat)
+                       + ": the error cannot tell the methods apart")
+    if not reasons:
+        return None
+    why = "; ".join(reasons)
+    return ("**Caveat: a smoke test, not evidence.** " + why[0].upper() + why[1:] + ". The claims "
+            "below are listed with their numbers but not judged; rerun with a trained preset (`quick` or "
+            "`paper`) for verdicts. The sanity check tests the oracles, not the models, and stands.")
+
+
+def _verdicts(diffs: list[dict], rows: list[dict], preset: ValueAwarePreset, *, judged: bool = True) -> list[str]:
+    """The claims and the sanity point, one markdown item each; ``judged=False`` (a smoke test,
+    see :func:`smoke_caveat`) gives the numbers with :data:`NOT_JUDGED` instead of a verdict."""
     lines = []
     budget = [d for d in diffs if d["r"] in preset.rs]
     if budget:
         best = max(d["points_saved"] for d in budget)
         mean = sum(d["points_saved"] for d in budget) / len(budget)
         holds = 8 <= best
+        verdict = ("Holds at some budgets; " if holds else "Does not hold here: the reduction stays below 8 "
+                   "points; ") if judged else ""
         lines.append(f"- **Claim 1 (OVA beats OVO by 8-20 error points).** Over {len(budget)} (model, kernel, r) "
-                     f"cells with r in {list(preset.rs)}: mean {mean:.2f} points, largest {best:.2f} points. "
-                     + ("Holds at some budgets." if holds else "Does not hold here: the reduction stays below 8 "
-                        "points") + f"; OVA is better in {sum(d['points_saved'] > 0 for d in budget)} of "
-                     f"{len(budget)} cells.")
+                     f"cells with r in {list(preset.rs)} (models trained {preset.steps} steps, "
+                     f"{preset.eval_batches * preset.eval_batch_size * preset.context} evaluation tokens per "
+                     f"cell): mean {mean:.2f} points, largest {best:.2f} points. " + verdict
+                     + f"OVA is better in {sum(d['points_saved'] > 0 for d in budget)} of {len(budget)} cells."
+                     + ("" if judged else f" {NOT_JUDGED}"))
     for kind in dict.fromkeys(d["kind"] for d in budget):
         per = {}
         for d in budget:
@@ -290,52 +329,81 @@ def _verdicts(diffs: list[dict], rows: list[dict], preset: ValueAwarePreset) -> 
             spread = max(effect.values()) - min(effect.values())
             verdict = ("Inconclusive: the effects differ by less than 0.5 points." if spread < 0.5 else
                        "Agrees (monotone in skewness)." if agree else "Does not agree (not monotone in skewness).")
+            verdict = verdict if judged else NOT_JUDGED
             lines.append(f"- **Claim 2 ({kind}: less skewed kernels gain more from values).** Mean points saved, "
                          f"least skewed first: {desc}. {verdict}")
     sanity = [r for r in rows if r["method"].startswith("va-") and r["r"] == preset.head_dim + 1 and not r["skipped"]]
     if sanity:
         worst = max(r["mean_layer_error"] for r in sanity)
         lines.append(f"- **Sanity (r = D + 1 = {preset.head_dim + 1}).** Largest mean per-layer value-aware output "
-                     f"error: {worst:.2e} ({'near zero' if worst < 0.05 else 'NOT near zero'}; va-greedy is a "
-                     "heuristic, va-exact, where it ran, is the certified optimum).")
+                     f"error: {worst:.2e} ({'near zero' if worst < 0.05 else 'NOT near zero'}; at r >= D + 1 "
+                     "va-greedy reduces p's support to D + 1 keys (Caratheodory) where its greedy steps fall "
+                     "short, va-exact, where it ran, is the certified optimum).")
     return lines
 
 
+def _layer_columns(row: dict) -> list[str]:
+    """The row's ``layer<i>_error`` columns in layer order (layer10 after layer9)."""
+    cols = [k for k in row if k.startswith("layer") and k.endswith("_error") and k[5:-6].isdigit()]
+    return sorted(cols, key=lambda k: int(k[5:-6]))
+
+
 def _plots(run: RunDir, rows: list[dict], preset: ValueAwarePreset) -> list[str]:
-    from .report import line_plot
+    """The plots (markdown lines): error % vs r per model, output error per layer per kind. Each
+    method has its own marker (value-aware dashed), a method that stops is labelled where it
+    stops, methods never run are named under the plot, and a plot with nothing to show is not
+    drawn: its line says why."""
+    from .report import line_plot, series_styles
 
     md = []
+    labels = {"topr": "OVO (topr)", "va-greedy": "OVA (va-greedy)"}
     for kind, kernel in dict.fromkeys((r["kind"], r["kernel"]) for r in rows):
-        sel = [r for r in rows if (r["kind"], r["kernel"]) == (kind, kernel) and not r["skipped"]]
-        exact = next((r for r in sel if r["method"] == "exact"), None)
-        series, styles = {}, {}
-        for m in dict.fromkeys(r["method"] for r in sel if r["method"] != "exact"):
-            pts = sorted((r["r"], r["error_pct"]) for r in sel if r["method"] == m)
-            label = {"topr": "OVO (topr)", "va-greedy": "OVA (va-greedy)"}.get(m, m)
+        mine = [r for r in rows if (r["kind"], r["kernel"]) == (kind, kernel)]
+        exact = next((r for r in mine if r["method"] == "exact" and not r["skipped"]), None)
+        series, notes, missing = {}, {}, {}
+        for m in dict.fromkeys(r["method"] for r in mine if r["method"] != "exact"):
+            cells = sorted((r for r in mine if r["method"] == m), key=lambda r: r["r"])
+            pts = [(r["r"], r["error_pct"]) for r in cells if not r["skipped"]]
+            label = labels.get(m, m)
+            if not pts:
+                missing[label] = cells[0]["skipped"] if cells else "no result"
+                continue
             series[label] = ([x for x, _ in pts], [y for _, y in pts])
-            styles[label] = "--o" if m.startswith("va") else "-o"
-        if exact is not None and series:
+            after = [r for r in cells if r["r"] > pts[-1][0] and r["skipped"]]
+            if after:
+                notes[label] = f"stops at r={pts[-1][0]}: {after[0]['skipped']}"
+        styles = series_styles(list(series), dashed=[lb for lb in series if "va-" in lb])
+        caption = ("not shown: " + "; ".join(f"{m} ({why})" for m, why in missing.items())) if missing else ""
+        if not series:
+            md.append(f"No error-vs-r plot for {kind} {kernel}: no method ran"
+                      + (f" ({caption.removeprefix('not shown: ')})." if caption else "."))
+            continue
+        if exact is not None:
             xs = sorted({x for xs, _ in series.values() for x in xs})
             series["exact"], styles["exact"] = (xs, [exact["error_pct"]] * len(xs)), ":"
         name = f"error-vs-r-{kind}-{kernel}.png".replace("/", "_")
-        if series and line_plot(run.path / name, series, xlabel="r", ylabel="error %", logx=True, styles=styles,
-                                title=f"{kind} {kernel}: error vs r") is not None:
-            md.append(f"![{kind} {kernel}]({name})")
+        if line_plot(run.path / name, series, xlabel="r", ylabel="error %", logx=True, styles=styles,
+                     title=f"{kind} {kernel}: error vs r", yscale="auto", notes=notes, caption=caption) is not None:
+            md.append(f"![{kind} {kernel}]({name})" + (f"\n\n{caption}" if caption else ""))
     for kind in dict.fromkeys(r["kind"] for r in rows):
         r_mid = sorted(preset.rs)[len(preset.rs) // 2] if kind != "hf" else None
-        series, styles = {}, {}
+        r_plot = r_mid if r_mid is not None else min(preset.rs)
+        series, dashed = {}, []
         for r in rows:
-            if r["kind"] != kind or r["skipped"] or r["method"] not in ("topr", "va-greedy") or \
-                    (r_mid is not None and r["r"] != r_mid) or (r_mid is None and r["r"] != min(preset.rs)):
+            if r["kind"] != kind or r["skipped"] or r["method"] not in ("topr", "va-greedy") or r["r"] != r_plot:
                 continue
-            errs = [r[c] for c in sorted(k for k in r if k.startswith("layer") and k.endswith("_error"))]
+            errs = [r[c] for c in _layer_columns(r)]
             label = f"{r['kernel']} {'OVA' if r['method'] == 'va-greedy' else 'OVO'}"
-            series[label] = (list(range(len(errs))), errs)
-            styles[label] = "--o" if r["method"] == "va-greedy" else "-o"
+            if errs:
+                series[label] = (list(range(len(errs))), errs)
+                dashed += [label] if r["method"] == "va-greedy" else []
+        if not series:
+            md.append(f"No per-layer plot for {kind}: neither topr nor va-greedy ran at r = {r_plot}.")
+            continue
         name = f"layer-error-{kind}.png"
-        if series and line_plot(run.path / name, series, xlabel="layer", ylabel="||O - O_hat|| / ||O||",
-                                styles=styles, title=f"{kind}: output error per layer "
-                                f"(r = {r_mid if r_mid else min(preset.rs)})") is not None:
+        if line_plot(run.path / name, series, xlabel="layer", ylabel="||O - O_hat|| / ||O||",
+                     styles=series_styles(list(series), dashed=dashed), yscale="auto",
+                     title=f"{kind}: output error per layer (r = {r_plot})") is not None:
             md.append(f"![{kind} per layer]({name})")
     return md
 
@@ -389,9 +457,11 @@ def run(preset: str | ValueAwarePreset = "quick", out: str | Path = "reports", r
     diffs = _diffs(rows)
     run_dir.write_csv("results.csv", rows)
     run_dir.write_csv("ova_vs_ovo.csv", diffs)
+    caveat = smoke_caveat(rows, preset, trained=hf_model is None)
     md = [f"# Study 1: value-aware vs value-oblivious attention (preset `{name}`)", "",
           __doc__.split("\n\n", 1)[1].strip(), "",
-          "## Verdicts", "", *_verdicts(diffs, rows, preset), "",
+          "## Verdicts", "", *([caveat, ""] if caveat else []),
+          *_verdicts(diffs, rows, preset, judged=caveat is None), "",
           "## OVA vs OVO (error % points saved = OVO - OVA)", "",
           markdown_table(diffs, list(diffs[0]) if diffs else ["kind"]), "", "## Plots", "",
           *[line for p in _plots(run_dir, rows, preset) for line in (p, "")],
