@@ -213,3 +213,21 @@ def test_accuracy_errors():
     empty = T.TaskBatch(batch.inputs, batch.targets, torch.zeros_like(batch.predictable))
     with pytest.raises(ValueError, match="at least one predictable"):
         T.accuracy(batch.targets, empty)
+
+
+def test_register_task():
+    spec = T.get_task("recall")
+    copy = T.TaskSpec("recall-copy", spec.config_class, spec.sampler, {1: dict(num_pairs=2, vocab_size=8)})
+    try:
+        assert T.register_task(copy) is copy and "recall-copy" in T.available_tasks()
+        assert T.task_config("recall-copy", 1) == T.RecallConfig(num_pairs=2, vocab_size=8)
+        with pytest.raises(ValueError, match="task 'recall-copy' is already registered"):
+            T.register_task(copy)
+    finally:
+        T._TASKS.unregister("recall-copy")
+    with pytest.raises(TypeError, match="spec must be a TaskSpec"):
+        T.register_task("recall")
+    with pytest.raises(ValueError, match=r"spec\.ladder must hold at least one level"):
+        T.register_task(T.TaskSpec("empty", spec.config_class, spec.sampler, {}))
+    with pytest.raises(ValueError, match="name must be one of"):
+        T.get_task("nope")

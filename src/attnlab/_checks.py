@@ -32,16 +32,20 @@ def check_int(name: str, value: object, low: int | None = None, high: int | None
 
 
 def check_registration(kind: str, registry: Mapping[str, object], name: object, fn: object, fn_name: str,
-                       overwrite: bool) -> None:
-    """The checks of a ``register_<kind>(name, fn, overwrite=...)`` call into ``registry``.
+                       overwrite: bool, *, expected: type | None = None) -> None:
+    """The checks of a ``register_<kind>(name, fn, overwrite=...)`` call into ``registry``
+    (:class:`attnlab.registry.Registry` makes them for every registry).
 
     Raises:
-        TypeError: ``name`` is not a non-empty str, or ``fn`` (the argument ``fn_name``) is not callable.
+        TypeError: ``name`` is not a non-empty str, or ``fn`` (the argument ``fn_name``) is not
+            callable (not an instance of ``expected``, when given).
         ValueError: ``name`` is taken and ``overwrite`` is False.
     """
     if not isinstance(name, str) or not name:
         raise TypeError(f"name must be a non-empty str, got {name!r}")
-    if not callable(fn):
+    if expected is not None and not isinstance(fn, expected):
+        raise TypeError(f"{fn_name} must be a {expected.__name__}, got {type(fn).__name__}")
+    if expected is None and not callable(fn):
         raise TypeError(f"{fn_name} must be callable, got {type(fn).__name__}")
     if name in registry and not overwrite:
         raise ValueError(f"{kind} {name!r} is already registered; pass overwrite=True to replace it")

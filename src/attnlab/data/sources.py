@@ -13,8 +13,8 @@ from typing import TYPE_CHECKING, Any, Protocol
 import torch
 from torch import Tensor
 
-from .._checks import check_registration
 from ..models import ModelConfig
+from ..registry import Registry
 
 if TYPE_CHECKING:
     from ..train import DataConfig
@@ -82,23 +82,24 @@ class TaskSource:
         return b.inputs, b.targets, b.predictable
 
 
-_SOURCES: dict[str, Any] = {"corpus": CorpusSource, "task": TaskSource}
+_SOURCES: Registry[Any] = Registry("source", arg="source", entry="factory")
+_SOURCES.register("corpus", CorpusSource)
+_SOURCES.register("task", TaskSource)
 
 
 def register_source(name: str, factory: Any, *, overwrite: bool = False) -> None:
     """Register ``factory(data_config, context) -> BatchSource`` as ``data.source = name``."""
-    check_registration("source", _SOURCES, name, factory, "factory", overwrite)
-    _SOURCES[name] = factory
+    _SOURCES.register(name, factory, overwrite=overwrite)
 
 
 def available_sources() -> list[str]:
     """Names accepted by ``data.source``."""
-    return list(_SOURCES)
+    return _SOURCES.names()
 
 
 def make_source(data: DataConfig, model: ModelConfig) -> BatchSource:
     """Build the source that ``data.source`` names (importing the data modules lazily)."""
-    return _SOURCES[data.source](data, model.context)
+    return _SOURCES.get(data.source)(data, model.context)
 
 
 def fit_model_config(model: ModelConfig, source: BatchSource) -> ModelConfig:

@@ -28,6 +28,7 @@ import torch
 from torch import Tensor
 
 from .._checks import check_int
+from ..registry import Registry
 
 __all__ = [
     "MixtureConfig",
@@ -39,6 +40,7 @@ __all__ = [
     "available_tasks",
     "get_task",
     "recurrence_rule",
+    "register_task",
     "sample",
     "task_config",
 ]
@@ -260,14 +262,25 @@ class TaskSpec:
     ladder: dict[int, dict[str, int]]
 
 
-_TASKS: dict[str, TaskSpec] = {}
+_TASKS: Registry[TaskSpec] = Registry("task", entry="spec", entry_type=TaskSpec)
 
 
-def _register(spec: TaskSpec) -> None:
-    _TASKS[spec.name] = spec
+def register_task(spec: TaskSpec, *, overwrite: bool = False) -> TaskSpec:
+    """Register ``spec`` under ``spec.name`` (for :func:`task_config`, :func:`sample` and the
+    ``task`` data source) and return it.
+
+    Raises:
+        TypeError: ``spec`` is not a :class:`TaskSpec`, or its name is not a non-empty str.
+        ValueError: the name is taken and ``overwrite`` is False, or the ladder is empty.
+    """
+    if not isinstance(spec, TaskSpec):
+        raise TypeError(f"spec must be a TaskSpec, got {type(spec).__name__}")
+    if not spec.ladder:
+        raise ValueError(f"spec.ladder must hold at least one level, got {spec.ladder!r}")
+    return _TASKS.register(spec.name, spec, overwrite=overwrite)
 
 
-_register(TaskSpec("recurrence", RecurrenceConfig, _sample_recurrence, {
+register_task(TaskSpec("recurrence", RecurrenceConfig, _sample_recurrence, {
     1: dict(num_terms=1, max_delay=2, vocab_size=8),
     2: dict(num_terms=2, max_delay=3, vocab_size=8),
     3: dict(num_terms=2, max_delay=4, vocab_size=16),
@@ -275,7 +288,7 @@ _register(TaskSpec("recurrence", RecurrenceConfig, _sample_recurrence, {
     5: dict(num_terms=3, max_delay=8, vocab_size=32),
     6: dict(num_terms=4, max_delay=12, vocab_size=32),
 }))
-_register(TaskSpec("recall", RecallConfig, _sample_recall, {
+register_task(TaskSpec("recall", RecallConfig, _sample_recall, {
     1: dict(num_pairs=2, vocab_size=16),
     2: dict(num_pairs=4, vocab_size=32),
     3: dict(num_pairs=8, vocab_size=64),
@@ -283,7 +296,7 @@ _register(TaskSpec("recall", RecallConfig, _sample_recall, {
     5: dict(num_pairs=32, vocab_size=256),
     6: dict(num_pairs=64, vocab_size=512),
 }))
-_register(TaskSpec("mixture", MixtureConfig, _sample_mixture, {
+register_task(TaskSpec("mixture", MixtureConfig, _sample_mixture, {
     1: dict(num_tasks=2, recurrence_level=1),
     2: dict(num_tasks=2, recurrence_level=2),
     3: dict(num_tasks=3, recurrence_level=2),
@@ -295,7 +308,7 @@ _register(TaskSpec("mixture", MixtureConfig, _sample_mixture, {
 
 def available_tasks() -> list[str]:
     """Names of the registered tasks, sorted."""
-    return sorted(_TASKS)
+    return sorted(_TASKS.names())
 
 
 def get_task(name: str) -> TaskSpec:
@@ -304,9 +317,7 @@ def get_task(name: str) -> TaskSpec:
     Raises:
         ValueError: if ``name`` is not a registered task.
     """
-    if name not in _TASKS:
-        raise ValueError(f"name must be one of {available_tasks()}, got {name!r}")
-    return _TASKS[name]
+    return _TASKS.get(name)
 
 
 def task_config(name: str, complexity: int, seed: int = 0, **overrides: int) -> TaskConfig:
