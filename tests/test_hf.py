@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import subprocess
 import sys
 
@@ -97,10 +98,57 @@ def test_expressive_forward_backward(kind):
     assert sum(float(g.abs().sum()) for g in grads) > 0
 
 
-def test_dropout_in_training_is_refused():
-    model = build("gpt2", "attnlab-expressive", attn_pdrop=0.1).train()
-    with pytest.raises(ValueError, match="dropout must be 0 for attnlab attention"):
-        model(torch.zeros(1, 4, dtype=torch.long))
+#: Attention dropout 0.1 (the models' default) and no other dropout, so that a change between
+#: two training passes can only come from attnlab's attention dropout.
+ATTENTION_DROPOUT_ONLY = {
+    "gpt2": {"attn_pdrop": 0.1, "resid_pdrop": 0.0, "embd_pdrop": 0.0},
+    "llama": {"attention_dropout": 0.1},
+    "bert": {"attention_probs_dropout_prob": 0.1, "hidden_dropout_prob": 0.0},
+}
+
+
+@pytest.mark.parametrize("impl", ["attnlab-expressive", "attnlab-softmax"])
+@pytest.mark.parametrize("kind", ["gpt2", "llama", "bert"])
+def test_fine_tuning_in_train_mode_with_attention_dropout(kind, impl):
+    model = build(kind, impl, **ATTENTION_DROPOUT_ONLY[kind]).train()
+    idx, mask = inputs(pad_left=kind != "bert")
+    labels = idx.masked_fill(mask == 0, -100)
+    logits = {}
+    for seed in (0, 1, 0):
+        torch.manual_seed(seed)
+        logits.setdefault(seed, []).append(model(idx, attention_mask=mask).logits.detach())
+    assert torch.equal(*logits[0])  # reproducible under torch.manual_seed
+    assert not torch.allclose(logits[0][0], logits[1][0])  # the attention dropout is applied
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    losses = []
+    for step in range(6):
+        torch.manual_seed(step)
+        loss = model(idx, attention_mask=mask, labels=labels).loss
+        optimizer.zero_grad()
+        loss.backward()
+        grads = [p.grad for p in model.parameters() if p.grad is not None]
+        assert all(torch.isfinite(g).all() for g in grads) and sum(float(g.abs().sum()) for g in grads) > 0
+        optimizer.step()
+        losses.append(loss.item())
+    assert all(math.isfinite(x) for x in losses) and losses[-1] < losses[0]
+    model.eval()  # no dropout: deterministic
+    with torch.no_grad():
+        assert torch.equal(model(idx, attention_mask=mask).logits, model(idx, attention_mask=mask).logits)
+
+
+def test_dropout_reaches_attention_fn_only_when_nonzero():
+    seen = []
+
+    def fn(q, k, v, **kw):
+        seen.append(kw.get("dropout_p"))
+        return q
+
+    q = torch.zeros(1, 1, 2, 4)
+    for dropout in (0.0, 0.25):
+        hf.attention_forward(torch.nn.Module(), q, q, q, None, dropout=dropout, attention_fn=fn)
+    assert seen == [None, 0.25]
+    with pytest.raises(ValueError, match=r"dropout_p must be in \[0, 1\)"):
+        hf.attention_forward(torch.nn.Module(), q, q, q, None, dropout=1.5)
 
 
 def test_attention_forward_against_float64_reference():

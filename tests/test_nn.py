@@ -79,7 +79,8 @@ def test_unbatched_and_kernel_switch_and_gqa():
         ({"embed_dim": 10, "num_heads": 4}, ValueError, "must be divisible by num_heads"),
         ({"num_kv_heads": 3}, ValueError, "must be a multiple of num_kv_heads"),
         ({"num_heads": 0}, ValueError, "num_heads must be >= 1"),
-        ({"dropout": 0.1}, ValueError, "dropout must be 0.0"),
+        ({"dropout": 1.0}, ValueError, r"dropout must be in \[0, 1\), got 1.0"),
+        ({"dropout": "0.1"}, TypeError, r"dropout must be a real number in \[0, 1\), got str"),
         ({"kernel": "nope"}, ValueError, "kernel must be one of"),
     ],
 )

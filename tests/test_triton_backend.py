@@ -247,10 +247,11 @@ def test_cpu_tensors_are_refused_without_the_interpreter(monkeypatch):
     assert reason is not None and "needs CUDA tensors, got cpu" in reason and "'chunked'" in reason
 
 
-def _fake_problem(device: str, dtype: torch.dtype, D: int = 64, kernel: str = "expressive"):
+def _fake_problem(device: str, dtype: torch.dtype, D: int = 64, kernel: str = "expressive", dropout_p: float = 0.0):
     """A Problem whose tensors only answer device/dtype/shape: enough for resolve_backend."""
     t = SimpleNamespace(device=torch.device(device), dtype=dtype, shape=(1, 1, 1, 8, D))
-    return SimpleNamespace(q=t, k=t, v=t, mask=None, kernel=attnlab.get_kernel(kernel))
+    return SimpleNamespace(q=t, k=t, v=t, mask=None, kernel=attnlab.get_kernel(kernel), dropout_p=dropout_p,
+                           dropout_seed=0)
 
 
 def test_auto_picks_triton_for_cuda_inputs_it_accepts(monkeypatch):
@@ -265,6 +266,10 @@ def test_auto_picks_triton_for_cuda_inputs_it_accepts(monkeypatch):
     assert resolve_backend(kern("expressive"), problem=_fake_problem("cpu", torch.float32)).name == CPU_AUTO
     softmax = _fake_problem("cuda", torch.float16, kernel="softmax")
     assert resolve_backend(kern("softmax"), problem=softmax).name == "sdpa"
+    # dropout: triton and sdpa refuse it, so auto takes chunked
+    for kernel in ("expressive", "softmax"):
+        dropout = _fake_problem("cuda", torch.float16, kernel=kernel, dropout_p=0.1)
+        assert resolve_backend(kern(kernel), problem=dropout).name == "chunked"
     problem = _fake_problem("cuda", torch.float16)
     assert resolve_backend(kern("expressive"), return_weights=True, problem=problem).name == "reference"
     assert resolve_backend(kern("expressive")).name == "chunked"  # no problem given

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -35,6 +36,8 @@ kv = torch.randn(2, 2, 7, 8)
         ({"return_weights": 1}, TypeError, "return_weights must be a bool"),
         ({"is_causal": "yes"}, TypeError, "is_causal must be a bool"),
         ({"enable_gqa": 1}, TypeError, "enable_gqa must be a bool"),
+        ({"is_causal": np.int64(1)}, TypeError, "is_causal must be a bool, got numpy.int64"),
+        ({"scale": np.bool_(True)}, TypeError, "scale must be a real number, got numpy.bool"),
         ({"scale": "0.1"}, TypeError, "scale must be a real number"),
         ({"scale": True}, TypeError, "scale must be a real number"),
         ({"scale": 0.0}, ValueError, "scale must be finite and > 0"),
@@ -76,3 +79,14 @@ def test_2d_inputs_reject_a_3d_mask():
 def test_expressive_attention_refuses_a_kernel():
     with pytest.raises(TypeError, match="fixes kernel='expressive'"):
         attnlab.expressive_attention(q, q, q, kernel="softmax")
+
+
+def test_numpy_bools_are_accepted_as_flags():
+    x = torch.randn(1, 2, 6, 8, dtype=torch.float64)
+    shared = torch.randn(1, 1, 6, 8, dtype=torch.float64)
+    for flag in (True, False):
+        want = attnlab.attention(x, shared, shared, is_causal=flag, enable_gqa=True, return_weights=True)
+        got = attnlab.attention(x, shared, shared, is_causal=np.bool_(flag), enable_gqa=np.bool_(True),
+                                return_weights=np.bool_(True))
+        for a, b in zip(got, want, strict=True):
+            assert torch.equal(a, b)

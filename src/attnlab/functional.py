@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 from numbers import Real
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -35,6 +36,7 @@ def attention(
     eps: float = 1e-6,
     backend: str = "auto",
     return_weights: bool = False,
+    dropout_p: float = 0.0,
 ) -> Tensor | tuple[Tensor, Tensor]:
     """Exact attention under a similarity kernel, laid out like ``scaled_dot_product_attention``.
 
@@ -57,18 +59,28 @@ def attention(
         enable_gqa: allow H to be a multiple of H_kv (grouped-query attention).
         eps: added to the normalizer of non-exponential kernels, >= 0.
         backend: ``"auto"`` (see ``attnlab.backends.resolve_backend``) or a registered name:
-            ``reference``, ``chunked``, ``sdpa`` (softmax only), ``linear``, and where registered
-            ``flex`` and ``triton`` (see ``attnlab.backends.available_backends()``).
+            ``reference``, ``chunked``, ``cpp`` (fused C++ CPU kernels; expressive, squared,
+            relu, relu2), ``sdpa`` (softmax only), ``linear`` (squared only), and where
+            registered ``flex`` and ``triton`` (see ``attnlab.backends.available_backends()``).
         return_weights: also return the normalized weights (B..., H, L, S); needs the
-            ``reference`` backend (``auto`` picks it).
+            ``reference`` backend (``auto`` picks it). With dropout these are the weights
+            before dropout (they sum to 1 per row); the output uses the dropped ones.
+        dropout_p: attention dropout, a real number in [0, 1), as in SDPA: each normalized
+            weight is zeroed with probability ``dropout_p`` and the kept ones are scaled by
+            1 / (1 - dropout_p), so ``out = dropout(p) @ v``. The mask comes from a
+            counter-based hash of (seed, query row, key), with the seed drawn from torch's
+            generator of the inputs' device at each call (``torch.manual_seed`` makes it
+            reproducible); ``reference``, ``chunked`` and ``cpp`` draw the same mask for the
+            same seed, other backends refuse dropout (``auto`` avoids them). Pass it only in
+            training (``dropout_p=p if module.training else 0.0``); 0 changes nothing.
 
     Returns:
         The output (B..., H, L, D_v) in the input dtype, and the weights when asked for.
 
     Raises:
         TypeError: an argument has the wrong type (tensor, dtype, mask dtype, flag, number).
-        ValueError: shapes, devices, names or values that do not fit; a backend that cannot
-            honour the kernel or ``return_weights``.
+        ValueError: shapes, devices, names or values that do not fit (``dropout_p`` outside
+            [0, 1)); a backend that cannot honour the kernel, ``return_weights`` or dropout.
 
     Example:
         >>> import torch, attnlab
@@ -82,9 +94,9 @@ def attention(
     """
     kern = get_kernel(kernel)
     problem, out_shape = canonicalize(
-        query, key, value, attn_mask, is_causal, scale, enable_gqa, eps, kern
+        query, key, value, attn_mask, is_causal, scale, enable_gqa, eps, kern, dropout_p=dropout_p
     )
-    _check_flag("return_weights", return_weights)
+    return_weights = _check_flag("return_weights", return_weights)
     if backend == "auto":
         chosen = resolve_backend(kern, return_weights=return_weights, problem=problem)
     else:
@@ -123,14 +135,24 @@ def expressive_attention(query: Tensor, key: Tensor, value: Tensor, **kwargs) ->
 # --- validation ------------------------------------------------------------------------------
 
 
-def _check_flag(name: str, value: object) -> None:
-    if not isinstance(value, bool):
-        raise TypeError(f"{name} must be a bool, got {type(value).__name__}")
+def _type_name(value: object) -> str:
+    """The exact type of ``value`` for messages: ``float``, ``numpy.bool``, ``torch.Tensor``."""
+    cls = type(value)
+    return cls.__qualname__ if cls.__module__ == "builtins" else f"{cls.__module__}.{cls.__qualname__}"
+
+
+def _check_flag(name: str, value: object) -> bool:
+    """``value`` as a Python bool: a bool or a numpy bool (``numpy.bool_``)."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, np.bool_):
+        return bool(value)
+    raise TypeError(f"{name} must be a bool, got {_type_name(value)}")
 
 
 def _check_number(name: str, value: object, *, positive: bool) -> float:
-    if isinstance(value, bool) or not isinstance(value, Real):
-        raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, Real):
+        raise TypeError(f"{name} must be a real number, got {_type_name(value)}")
     value = float(value)
     if not math.isfinite(value) or (value <= 0 if positive else value < 0):
         bound = "> 0" if positive else ">= 0"
@@ -148,17 +170,20 @@ def canonicalize(
     enable_gqa: bool,
     eps: float,
     kernel: Kernel,
+    *,
+    dropout_p: float = 0.0,
 ) -> tuple[Problem, tuple[int, ...]]:
     """Validate an :func:`attention` call and bring it to the canonical 5-D layout of
     :class:`attnlab.backends.Problem`; returns it and the output shape. Approximations and
-    backends called directly use it to validate exactly as :func:`attention` does.
+    backends called directly use it to validate exactly as :func:`attention` does. With
+    ``dropout_p > 0`` it draws the call's dropout seed (:func:`draw_dropout_seed`).
 
     Raises:
         TypeError, ValueError: as :func:`attention`.
     """
     for name, t in (("query", query), ("key", key), ("value", value)):
         if not isinstance(t, Tensor):
-            raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+            raise TypeError(f"{name} must be a torch.Tensor, got {_type_name(t)}")
         if t.dtype not in _DTYPES:
             raise TypeError(f"{name} must be float16, bfloat16, float32 or float64, got {t.dtype}")
         if t.dim() < 2:
@@ -176,9 +201,10 @@ def canonicalize(
             f"query, key and value must have the same number of dims, got shapes "
             f"{tuple(query.shape)}, {tuple(key.shape)}, {tuple(value.shape)}"
         )
-    _check_flag("is_causal", is_causal)
-    _check_flag("enable_gqa", enable_gqa)
+    is_causal = _check_flag("is_causal", is_causal)
+    enable_gqa = _check_flag("enable_gqa", enable_gqa)
     eps = _check_number("eps", eps, positive=False)
+    dropout_p = _check_dropout(dropout_p)
 
     # Bring (L, D) to (1, L, D) so that every call has a head dim.
     no_heads = query.dim() == 2
@@ -225,15 +251,33 @@ def canonicalize(
         is_causal=is_causal,
         scale=scale,
         eps=eps,
+        dropout_p=dropout_p,
+        dropout_seed=draw_dropout_seed(query.device) if dropout_p > 0 else 0,
     )
     out_shape = (L, Dv) if no_heads else (*batch, H, L, Dv)
     return problem, out_shape
 
 
+def _check_dropout(value: object) -> float:
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, Real):
+        raise TypeError(f"dropout_p must be a real number in [0, 1), got {_type_name(value)}")
+    value = float(value)
+    if not 0.0 <= value < 1.0:  # NaN fails too
+        raise ValueError(f"dropout_p must be in [0, 1), got {value}")
+    return value
+
+
+def draw_dropout_seed(device: torch.device) -> int:
+    """A 64-bit dropout seed from torch's default generator of ``device`` (the CPU generator for
+    CPU tensors, the device's own for CUDA), so that ``torch.manual_seed`` fixes it."""
+    words = torch.randint(0, 2**32, (2,), dtype=torch.int64, device=device).tolist()
+    return words[0] | (words[1] << 32)
+
+
 def _canonical_mask(mask: object, query: Tensor, target: tuple[int, ...], Hkv: int, G: int) -> Tensor:
     """Check a bool mask against (B..., H, L, S) and view it as (n, h, g, L|1, S|1)."""
     if not isinstance(mask, Tensor):
-        raise TypeError(f"attn_mask must be a torch.Tensor or None, got {type(mask).__name__}")
+        raise TypeError(f"attn_mask must be a torch.Tensor or None, got {_type_name(mask)}")
     if mask.dtype != torch.bool:
         raise TypeError(
             f"attn_mask must be a bool tensor (True = may attend), got {mask.dtype}; "

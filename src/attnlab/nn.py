@@ -18,6 +18,8 @@ SDPA). Unlike torch, ``is_causal=True`` needs no ``attn_mask``.
 
 from __future__ import annotations
 
+from numbers import Real
+
 import torch
 from torch import Tensor, nn
 
@@ -34,7 +36,9 @@ class MultiheadAttention(nn.Module):
     Args:
         embed_dim: model width E (query input and output width).
         num_heads: query heads H; ``embed_dim`` must be divisible by it.
-        dropout: must be 0.0 (attention-weight dropout is not implemented by the backends).
+        dropout: attention dropout probability in [0, 1) on the normalized weights, applied in
+            training mode only, as torch's (``dropout_p`` of :func:`attnlab.attention`; returned
+            weights are the ones before dropout).
         bias: use biases in the input/output projections.
         kdim, vdim: key/value input widths for cross-attention (default ``embed_dim``).
         batch_first: inputs are (B, L, E) rather than (L, B, E).
@@ -45,7 +49,8 @@ class MultiheadAttention(nn.Module):
         eps: normalizer epsilon of non-exponential kernels.
 
     Raises:
-        ValueError: sizes that do not divide, a negative width, dropout != 0, unknown kernel.
+        ValueError: sizes that do not divide, a negative width, dropout outside [0, 1), unknown kernel.
+        TypeError: a dropout that is not a real number.
     """
 
     def __init__(
@@ -75,8 +80,11 @@ class MultiheadAttention(nn.Module):
             raise ValueError(f"embed_dim ({embed_dim}) must be divisible by num_heads ({num_heads})")
         if num_heads % num_kv_heads:
             raise ValueError(f"num_heads ({num_heads}) must be a multiple of num_kv_heads ({num_kv_heads})")
-        if dropout != 0.0:
-            raise ValueError(f"dropout must be 0.0 (attention dropout is not supported), got {dropout}")
+        if isinstance(dropout, bool) or not isinstance(dropout, Real):
+            raise TypeError(f"dropout must be a real number in [0, 1), got {type(dropout).__name__}")
+        if not 0.0 <= dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+        self.dropout = float(dropout)
         self.kernel = get_kernel(kernel)
         self.embed_dim, self.num_heads, self.num_kv_heads = embed_dim, num_heads, num_kv_heads
         self.head_dim = embed_dim // num_heads
@@ -136,6 +144,7 @@ class MultiheadAttention(nn.Module):
             q, k, v, kernel=self.kernel, attn_mask=mask, is_causal=is_causal,
             enable_gqa=self.num_heads != self.num_kv_heads, eps=self.eps,
             backend="auto" if need_weights else self.backend, return_weights=need_weights,
+            dropout_p=self.dropout if self.training else 0.0,
         )
         out, weights = result if need_weights else (result, None)
         out = self.out_proj(out.transpose(1, 2).reshape(B, L, self.embed_dim))

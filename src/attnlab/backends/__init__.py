@@ -18,12 +18,12 @@ from torch import Tensor
 
 from ..kernels import Kernel
 from . import cpp
-from ._common import Problem, is_fused_kernel
+from ._common import Problem, dropout_refusal, is_fused_kernel
 from .chunked import chunked_attention
 from .flex import flex_attention_backend
 from .linear import linear_attention, linear_refusal, supports_linear
 from .reference import reference_attention
-from .sdpa import sdpa_attention
+from .sdpa import sdpa_attention, sdpa_refusal
 
 __all__ = [
     "Backend",
@@ -103,22 +103,27 @@ def resolve_backend(kernel: Kernel, *, return_weights: bool = False, problem: Pr
     """What ``backend="auto"`` runs, for every input:
 
     1. ``return_weights=True``: ``reference`` (the only backend that materializes weights);
-    2. the softmax kernel: ``sdpa`` (torch's fused kernels);
+    2. the softmax kernel without dropout: ``sdpa`` (torch's fused kernels; it refuses
+       ``dropout_p > 0``, whose mask it could not share with the other backends);
     3. a kernel the ``triton`` backend compiles (expressive, squared, relu, relu2), when
        ``triton`` is registered, Triton's interpreter is off, and ``problem``'s tensors are on
        CUDA in float16/bfloat16/float32 with head dims <= 128 (what the backend accepts): ``triton``;
     4. the same kernels on CPU tensors, when the ``cpp`` backend's C++ kernels build and load
        (the first such call compiles them, once per machine): ``cpp``;
-    5. any other kernel or input (user kernels; CPU where no C++ compiler exists): ``chunked``
-       (tiled, memory-efficient, recomputing backward).
+    5. any other kernel or input (user kernels; softmax with dropout; CPU where no C++
+       compiler exists): ``chunked`` (tiled, memory-efficient, recomputing backward).
+
+    Every backend it picks honours ``dropout_p`` (``triton`` and ``linear`` refuse it, so rule 3
+    does not apply to a call with dropout).
 
     ``problem`` is the canonical call (:func:`attnlab.functional.canonicalize`); without it
     rules 3 and 4 never apply. The choice never depends on sequence length.
     """
     if return_weights:
         return _REGISTRY["reference"]
-    if kernel.exponential and _REGISTRY["sdpa"].supports(kernel):
-        return _REGISTRY["sdpa"]
+    sdpa = _REGISTRY["sdpa"]
+    if kernel.exponential and sdpa.supports(kernel) and (problem is None or sdpa.accepts(problem) is None):
+        return sdpa
     triton_backend = _REGISTRY.get("triton")
     if (triton_backend is not None and problem is not None and problem.q.device.type == "cuda"
             and not _triton_interpreter_requested() and triton_backend.supports(kernel)
@@ -143,7 +148,8 @@ register_backend(Backend("cpp", cpp.cpp_attention, is_fused_kernel, False,
                          "fused C++ CPU kernels, forward and backward; expressive, squared, relu, relu2",
                          accepts=cpp.refusal))
 register_backend(Backend("sdpa", sdpa_attention, _is_softmax, False,
-                         "torch.nn.functional.scaled_dot_product_attention (softmax only)"))
+                         "torch.nn.functional.scaled_dot_product_attention (softmax only, no dropout)",
+                         accepts=sdpa_refusal))
 register_backend(Backend("linear", linear_attention, supports_linear, False,
                          "squared kernel only, degree-2 features, O(L D^2 D_v); key-padding masks only",
                          accepts=linear_refusal))
@@ -185,6 +191,8 @@ def _triton_import_error() -> str | None:
 
 def _triton_refusal(problem: Problem) -> str | None:
     """Why the triton backend refuses ``problem`` (None when it accepts it)."""
+    if problem.dropout_p > 0:
+        return dropout_refusal("triton", problem)
     if problem.q.dtype == torch.float64:
         return ("backend 'triton' does not support float64 (its kernels compute in float32): "
                 "use backend 'chunked' or 'reference' for float64")

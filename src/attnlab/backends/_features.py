@@ -21,9 +21,8 @@ from collections.abc import Callable
 
 import torch
 from torch import Tensor
-from torch.autograd.function import once_differentiable
 
-from ._common import causal_visible, fresh
+from ._common import causal_visible, first_order_backward, fresh
 
 __all__ = ["FeatureMap", "chunked_feature_attention"]
 
@@ -123,7 +122,7 @@ class _FeatureAttention(torch.autograd.Function):
         return y
 
     @staticmethod
-    @once_differentiable
+    @first_order_backward("attnlab's feature-map attention (backend 'linear', feature approximations)")
     def backward(ctx, dy):
         q, k, v1, keep, *states = ctx.saved_tensors
         cfg, causal, chunk = ctx.config

@@ -11,6 +11,11 @@ Every kernel works here: the forward calls :meth:`Kernel.weights`, the backward
 
     dv_j += p_j dO,    ds_j = f'(s_j) (dO . v_j - D) / Z    (softmax: p_j (dO . v_j - D))
     dq   = scale * ds @ k,    dk += scale * ds^T @ q
+
+Dropout multiplies each weight by m_j = keep_j / (1 - p) after the normalizer is summed:
+o = sum_j a_j m_j v_j / Z, so dv_j += a_j m_j dO / Z and ds_j = f'(s_j) (m_j dO . v_j - D) / Z.
+The keep mask is recomputed per tile from the call's seed (``_common.dropout_multiplier``).
+The backward is first-order only: differentiating it again raises (use backend 'reference').
 """
 
 from __future__ import annotations
@@ -20,10 +25,18 @@ from collections.abc import Iterator
 
 import torch
 from torch import Tensor
-from torch.autograd.function import once_differentiable
 
 from ..kernels import Kernel
-from ._common import Problem, crosses_diagonal, fresh, normalizer, tile_visible, tile_weights
+from ._common import (
+    Problem,
+    crosses_diagonal,
+    dropout_multiplier,
+    first_order_backward,
+    fresh,
+    normalizer,
+    tile_visible,
+    tile_weights,
+)
 
 #: Default number of score elements in one tile (fp32: 8 MiB).
 DEFAULT_TILE_ELEMENTS = 1 << 21
@@ -84,7 +97,7 @@ def _zero_future_(t: Tensor, i0: int, k_end: int) -> None:
 
 class _ChunkedAttention(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, q, k, v, mask, kernel: Kernel, causal, scale, eps, tile_elements, block_q):
+    def forward(ctx, q, k, v, mask, kernel: Kernel, causal, scale, eps, tile_elements, block_q, dropout):
         dtype = torch.float64 if q.dtype == torch.float64 else torch.float32
         qc, kc, vc = q.to(dtype), k.to(dtype), v.to(dtype)  # no copies for float32/64 inputs
         N, H, G, L, _ = q.shape
@@ -103,19 +116,21 @@ class _ChunkedAttention(torch.autograd.Function):
             s = torch.matmul(qt, kt, out=buffer[: math.prod(shape)].view(shape))
             a, rm = _tile_weights(kernel, s, mask, causal, ns, hs, i0, i1, k_end)
             zt = normalizer(kernel, a.sum(dim=-1, keepdim=True), eps)
+            if dropout is not None:
+                a.mul_(dropout_multiplier(dropout, q.shape, ns, hs, i0, i1, k_end, a))
             out[ns, hs, :, i0:i1] = (a @ vc[ns, hs, :, :k_end]).div_(zt)
             z[ns, hs, :, i0:i1] = zt
             if rm is not None:
                 row_max[ns, hs, :, i0:i1] = rm
         ctx.save_for_backward(q, k, v, mask, out, z, row_max)
-        ctx.config = (kernel, causal, scale, tile_elements, block_q)
+        ctx.config = (kernel, causal, scale, tile_elements, block_q, dropout)
         return out.to(q.dtype)
 
     @staticmethod
-    @once_differentiable
+    @first_order_backward("backend 'chunked'")
     def backward(ctx, grad_out):
         q, k, v, mask, out, z, row_max = ctx.saved_tensors
-        kernel, causal, scale, tile_elements, block_q = ctx.config
+        kernel, causal, scale, tile_elements, block_q, dropout = ctx.config
         dtype = out.dtype
         qc, kc, vc = q.to(dtype), k.to(dtype), v.to(dtype)
         d_out = grad_out.to(dtype)
@@ -135,7 +150,11 @@ class _ChunkedAttention(torch.autograd.Function):
             zt, dot = z[ns, hs, :, i0:i1], d_out[ns, hs, :, i0:i1]
             delta_z = (dot * out[ns, hs, :, i0:i1]).sum(dim=-1, keepdim=True).div_(zt)
             dot = dot / zt
-            ds = torch.matmul(dot, vt.transpose(-1, -2), out=d_scores[: math.prod(shape)].view(shape)).sub_(delta_z)
+            ds = torch.matmul(dot, vt.transpose(-1, -2), out=d_scores[: math.prod(shape)].view(shape))
+            keep = None if dropout is None else dropout_multiplier(dropout, q.shape, ns, hs, i0, i1, k_end, ds)
+            if keep is not None:
+                ds.mul_(keep)
+            ds.sub_(delta_z)
             if kernel.exponential:
                 rm = row_max[ns, hs, :, i0:i1]
                 a, _ = _tile_weights(kernel, s, mask, causal, ns, hs, i0, i1, k_end, rm)
@@ -148,11 +167,13 @@ class _ChunkedAttention(torch.autograd.Function):
                         t.mul_(visible)
                     if causal:
                         _zero_future_(t, i0, k_end)
+            if keep is not None:
+                a.mul_(keep)
             dv[ns, hs, :, :k_end] += _sum_groups(a.transpose(-1, -2) @ dot)
             dq[ns, hs, :, i0:i1] = ds @ kt
             dk[ns, hs, :, :k_end] += _sum_groups(ds.transpose(-1, -2) @ qt)
         dq = dq.mul_(scale).to(q.dtype)
-        return dq, dk.to(k.dtype), dv.to(v.dtype), None, None, None, None, None, None, None
+        return dq, dk.to(k.dtype), dv.to(v.dtype), None, None, None, None, None, None, None, None
 
 
 def _sum_groups(x: Tensor) -> Tensor:
@@ -175,6 +196,7 @@ def chunked_attention(
     if block_q is not None and block_q < 1:
         raise ValueError(f"block_q must be >= 1 or None, got {block_q}")
     p = problem
+    dropout = (p.dropout_p, p.dropout_seed) if p.dropout_p > 0 else None
     return _ChunkedAttention.apply(
-        p.q, p.k, p.v, p.mask, p.kernel, p.is_causal, p.scale, p.eps, tile_elements, block_q
+        p.q, p.k, p.v, p.mask, p.kernel, p.is_causal, p.scale, p.eps, tile_elements, block_q, dropout
     )

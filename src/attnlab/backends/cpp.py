@@ -23,7 +23,9 @@ every call with the compiler's reason and ``auto`` falls back to ``chunked``. Bu
 time, and see why it fails, with ``attnlab build-cpp``.
 
 **Accepted**: CPU tensors; the built-in expressive, squared, relu and relu2 kernels; any boolean
-mask, causal, GQA. float32 and float64 compute in their own dtype, float16/bfloat16 in float32.
+mask, causal, GQA; attention dropout (the counter-based mask of ``_common.dropout_keep``, the
+same as ``reference``'s and ``chunked``'s for a seed). float32 and float64 compute in their own
+dtype, float16/bfloat16 in float32. The backward is first-order only (double backward raises).
 """
 
 from __future__ import annotations
@@ -42,10 +44,9 @@ from types import ModuleType
 
 import torch
 from torch import Tensor
-from torch.autograd.function import once_differentiable
 
 from .._checks import check_int
-from ._common import FUSED_KERNEL_IDS, Problem, is_fused_kernel
+from ._common import FUSED_KERNEL_IDS, Problem, dropout_threshold, first_order_backward, is_fused_kernel
 from .chunked import chunked_attention
 
 try:
@@ -218,27 +219,27 @@ def refusal(problem: Problem) -> str | None:
 
 class _CppAttention(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, q, k, v, mask, kernel_id, causal, scale, eps, block_q, block_k, tiles_per_task):
+    def forward(ctx, q, k, v, mask, kernel_id, causal, scale, eps, block_q, block_k, tiles_per_task, dropout):
         dtype = torch.float64 if q.dtype == torch.float64 else torch.float32
         qc = q.to(dtype).contiguous()
         kc, vc = (t.squeeze(2).to(dtype).contiguous() for t in (k, v))
         mask_arg = _expanded_mask(mask, q.shape, k.shape[-2])
         out, z = _load().forward(qc, kc, vc, mask_arg, kernel_id, causal, scale, eps, block_q, block_k,
-                                 tiles_per_task)
+                                 tiles_per_task, *dropout)
         ctx.save_for_backward(qc, kc, vc, mask_arg, out, z)
-        ctx.config = (kernel_id, causal, scale, eps, block_q, block_k)
+        ctx.config = (kernel_id, causal, scale, eps, block_q, block_k, *dropout)
         ctx.dtypes = (q.dtype, k.dtype, v.dtype)
         return out.to(q.dtype)
 
     @staticmethod
-    @once_differentiable
+    @first_order_backward("backend 'cpp'")
     def backward(ctx, grad_out):
         qc, kc, vc, mask_arg, out, z = ctx.saved_tensors
         d_out = grad_out.to(out.dtype).contiguous()
         dq, dk, dv = _load().backward(d_out, qc, kc, vc, mask_arg, out, z, *ctx.config)
         q_dtype, k_dtype, v_dtype = ctx.dtypes
         return (dq.to(q_dtype), dk.unsqueeze(2).to(k_dtype), dv.unsqueeze(2).to(v_dtype),
-                None, None, None, None, None, None, None, None)
+                None, None, None, None, None, None, None, None, None)
 
 
 def _expanded_mask(mask: Tensor | None, q_shape: torch.Size, S: int) -> Tensor:
@@ -278,5 +279,8 @@ def cpp_attention(problem: Problem, *, block_q: int = DEFAULT_BLOCK_Q, block_k: 
         raise ValueError(reason)
     if p.q.numel() == 0 or p.k.shape[-2] == 0 or p.v.shape[-1] == 0:
         return chunked_attention(p)  # empty problems: nothing for the kernels to do
+    # (dropout_p, keep threshold, seed's low and high 32-bit words), all 0 without dropout.
+    dropout = ((p.dropout_p, dropout_threshold(p.dropout_p), p.dropout_seed & 0xFFFFFFFF, p.dropout_seed >> 32)
+               if p.dropout_p > 0 else (0.0, 0, 0, 0))
     return _CppAttention.apply(p.q, p.k, p.v, p.mask, FUSED_KERNEL_IDS[p.kernel.name], p.is_causal, p.scale,
-                               p.eps, block_q, block_k, tiles_per_task)
+                               p.eps, block_q, block_k, tiles_per_task, dropout)

@@ -35,7 +35,7 @@ import functools
 import torch
 from torch import Tensor
 
-from ._common import Problem, normalizer
+from ._common import Problem, dropout_refusal, first_order_only, normalizer
 
 __all__ = ["flex_attention_backend", "flex_unavailable_reason"]
 
@@ -117,9 +117,11 @@ def flex_attention_backend(problem: Problem, *, compile: bool | None = None) -> 
 
     Raises:
         ValueError: FlexAttention cannot run this call here (see :func:`flex_unavailable_reason`),
-            or ``compile=True`` on cpu.
+            ``compile=True`` on cpu, or dropout_p > 0 (not supported).
     """
     q, k, v = problem.q, problem.k, problem.v
+    if problem.dropout_p > 0:
+        raise ValueError(dropout_refusal("flex", problem))
     needs_grad = torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v))
     reason = flex_unavailable_reason(q.device, needs_grad=needs_grad)
     if reason is not None:
@@ -147,7 +149,7 @@ def flex_attention_backend(problem: Problem, *, compile: bool | None = None) -> 
         return_aux=_flex_module().AuxRequest(lse=True),
     )
     out = out.reshape(N, Hkv, G, L, Dv)
-    if kernel.exponential:
-        return out
-    z = aux.lse.to(dtype).exp().reshape(N, Hkv, G, L, 1)
-    return (out.to(dtype) * (z / normalizer(kernel, z, problem.eps))).to(q.dtype)
+    if not kernel.exponential:
+        z = aux.lse.to(dtype).exp().reshape(N, Hkv, G, L, 1)
+        out = (out.to(dtype) * (z / normalizer(kernel, z, problem.eps))).to(q.dtype)
+    return first_order_only(out, "backend 'flex'")  # FlexAttention has no double backward

@@ -33,7 +33,7 @@ from torch import Tensor
 
 from .._checks import check_int
 from ..kernels import Kernel, get_kernel
-from ._common import Problem, normalizer
+from ._common import Problem, dropout_refusal, normalizer
 from ._features import chunked_feature_attention
 
 __all__ = [
@@ -72,6 +72,8 @@ def linear_refusal(problem: Problem) -> str | None:
     """
     if not supports_linear(problem.kernel):
         return f"backend 'linear' supports only kernel 'squared', got {problem.kernel.name!r}"
+    if problem.dropout_p > 0:  # dropout acts on single weights, which the features never form
+        return dropout_refusal("linear", problem)
     if problem.mask is not None and problem.mask.shape[3] > 1:
         if not bool((problem.mask == problem.mask[..., :1, :]).all()):
             return _VARYING_MASK

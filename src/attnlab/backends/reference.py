@@ -5,7 +5,10 @@ Every other backend is a faster way to compute what this function computes::
     s = scale * q @ k^T                          (fp32, or fp64 for fp64 inputs)
     a = f(s), zeroed where a key is not visible  (softmax: exp(s - rowmax) over visible keys)
     p = a / (sum_j a + eps)                      (softmax: no eps; a row with no weight -> p = 0)
-    o = p @ v
+    o = p @ v                                    (dropout: o = (p * keep / (1 - dropout_p)) @ v)
+
+``keep`` is the counter-based mask of ``_common.dropout_keep``; returned weights are p, before
+dropout.
 
 It materializes the (L, S) weights, so it can return them, and it is differentiated by
 autograd.
@@ -15,7 +18,7 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from ._common import Problem, causal_visible, combine_visible, normalizer, tile_weights
+from ._common import Problem, causal_visible, combine_visible, dropout_multiplier, normalizer, tile_weights
 
 
 def reference_attention(problem: Problem, return_weights: bool = False) -> tuple[Tensor, Tensor | None]:
@@ -28,5 +31,9 @@ def reference_attention(problem: Problem, return_weights: bool = False) -> tuple
     visible = combine_visible(problem.mask, causal)
     a, _ = tile_weights(problem.kernel, s, visible)
     p = a / normalizer(problem.kernel, a.sum(dim=-1, keepdim=True), problem.eps)
-    out = (p @ v).to(problem.q.dtype)
+    dropped = p
+    if problem.dropout_p > 0:
+        dropout = (problem.dropout_p, problem.dropout_seed)
+        dropped = p * dropout_multiplier(dropout, problem.q.shape, slice(None), slice(None), 0, L, S, p)
+    out = (dropped @ v).to(problem.q.dtype)
     return out, (p.to(problem.q.dtype) if return_weights else None)

@@ -64,9 +64,8 @@ import torch
 import triton
 import triton.language as tl
 from torch import Tensor
-from torch.autograd.function import once_differentiable
 
-from ._common import FUSED_KERNEL_IDS, Problem, fresh
+from ._common import FUSED_KERNEL_IDS, Problem, first_order_backward, fresh
 
 __all__ = ["INTERPRETED", "triton_attention"]
 
@@ -364,7 +363,7 @@ class _TritonAttention(torch.autograd.Function):
         return out
 
     @staticmethod
-    @once_differentiable
+    @first_order_backward("backend 'triton'")
     def backward(ctx, grad_out):
         q, k, v, mask, out, z = ctx.saved_tensors
         config, scale = ctx.config, ctx.scale

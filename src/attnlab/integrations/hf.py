@@ -81,31 +81,32 @@ def attention_forward(
         module: the calling attention module (its ``is_causal`` is used when ``is_causal`` is None).
         query: (B, H, L, D); key, value: (B, H_kv, S, D) with H a multiple of H_kv (GQA).
         attention_mask: None, bool (True = attend) or additive float, broadcastable to (B, H, L, S).
-        dropout: must be 0 (attnlab has no attention dropout; use ``model.eval()`` or set the
-            config's attention dropout to 0 for training).
+        dropout: attention dropout probability (transformers passes the config's attention
+            dropout in training mode and 0 in eval); passed to ``attention_fn`` as ``dropout_p``
+            when > 0 (attnlab's counter-based dropout, see :func:`attnlab.attention`).
         scaling: score scale (None: 1/sqrt(D)).
         is_causal: causal attention when no mask is given (query i sees keys j <= i, top-left,
             as SDPA); ignored for single-token queries (decoding sees the whole cache).
-        attention_fn: ``fn(q, k, v, *, attn_mask, is_causal, scale, enable_gqa)``.
+        attention_fn: ``fn(q, k, v, *, attn_mask, is_causal, scale, enable_gqa)``, and
+            ``dropout_p`` when ``dropout > 0``.
 
     Returns:
         (output (B, L, H, D), None): attnlab does not return weights here.
 
     Raises:
-        ValueError: ``dropout > 0``, ``softcap`` or ``position_bias`` given, or a float mask
-            with biases.
+        ValueError: ``softcap`` or ``position_bias`` given, a float mask with biases, or a
+            dropout outside [0, 1).
+        TypeError: ``dropout > 0`` for an ``attention_fn`` without ``dropout_p`` (approximations).
     """
-    if dropout and dropout > 0:
-        raise ValueError(f"dropout must be 0 for attnlab attention, got {dropout}; call model.eval() "
-                         "or set the model's attention dropout to 0")
     for unsupported in ("softcap", "position_bias", "s_aux"):
         if kwargs.get(unsupported) is not None:
             raise ValueError(f"{unsupported} is not supported by attnlab attention")
     mask = hf_mask_to_bool(attention_mask)
     causal = is_causal if is_causal is not None else getattr(module, "is_causal", True)
     causal = bool(causal) and mask is None and query.shape[2] > 1
+    extra = {"dropout_p": dropout} if dropout else {}  # 0 and None: no dropout, any attention_fn
     out = attention_fn(query, key, value, attn_mask=mask, is_causal=causal, scale=scaling,
-                       enable_gqa=query.shape[1] != key.shape[1])
+                       enable_gqa=query.shape[1] != key.shape[1], **extra)
     return out.transpose(1, 2).contiguous(), None
 
 

@@ -55,6 +55,8 @@ class ModelConfig:
         tie_embeddings: the output projection is the token embedding matrix.
         bias: biases in the linear layers.
         attn_eps: normalizer eps of non-exponential kernels (see ``attnlab.attention``).
+        attn_dropout: attention dropout in [0, 1), applied in training mode only (``dropout_p``
+            of ``attnlab.attention``).
         backend: attention backend name (``"auto"`` by default).
         init_std: standard deviation of the normal weight init.
         seed: the seed of the weight init (a local generator; global RNG state is untouched).
@@ -75,6 +77,7 @@ class ModelConfig:
     tie_embeddings: bool = True
     bias: bool = False
     attn_eps: float = 1e-6
+    attn_dropout: float = 0.0
     backend: str = "auto"
     init_std: float = 0.02
     seed: int = 0
@@ -105,6 +108,8 @@ class ModelConfig:
                 raise ValueError(f"{key} must be > 0, got {getattr(self, key)}")
         if not self.attn_eps >= 0:
             raise ValueError(f"attn_eps must be >= 0, got {self.attn_eps}")
+        if not 0 <= self.attn_dropout < 1:
+            raise ValueError(f"attn_dropout must be in [0, 1), got {self.attn_dropout}")
 
     @property
     def head_dim(self) -> int:

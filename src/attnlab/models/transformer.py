@@ -63,9 +63,10 @@ class SelfAttention(nn.Module):
         self.capture: dict[int, tuple[Tensor, Tensor, Tensor]] | None = None
 
     def exact(self, q: Tensor, k: Tensor, v: Tensor, **kw) -> Tensor:
-        """Exact attention under the configured kernel (the default hook)."""
+        """Exact attention under the configured kernel (the default hook), with the configured
+        attention dropout in training mode only."""
         return attention(q, k, v, kernel=self.cfg.kernel, eps=self.cfg.attn_eps,
-                         backend=self.cfg.backend, **kw)
+                         backend=self.cfg.backend, dropout_p=self.cfg.attn_dropout if self.training else 0.0, **kw)
 
     def forward(self, x: Tensor, rope: tuple[Tensor, Tensor] | None, *, causal: bool,
                 pad: Tensor | None = None, cache: tuple[Tensor, Tensor] | None = None,

@@ -18,6 +18,11 @@
 // The backward runs one task per key head (n, h): the task owns dk and dv of that head, so no
 // two threads ever write the same gradient element and the result is deterministic.
 //
+// Dropout (dropout_p > 0) multiplies a_j by m_j = keep_j / (1 - p) after Z is summed:
+//   o = sum_j a_j m_j v_j / Z,  dv_j += a_j m_j dO / Z,  ds_j = f'(s_j) visible_j (m_j dO/Z . v_j - dO . o / Z).
+// keep_j of query row r (flat over (N, H, G, L)) is a pure function of (seed, r, j): the hash below,
+// the same as attnlab.backends._common's, so it does not depend on tiles or threads.
+//
 // The gemms are BLAS sgemm_/dgemm_, which torch's CPU library exports (MKL on x86-64); inside
 // at::parallel_for they run on the calling thread.
 
@@ -39,6 +44,33 @@ void dgemm_(const char*, const char*, const int*, const int*, const int*, const 
 namespace {
 
 enum KernelId : int64_t { kExpressive = 0, kSquared = 1, kRelu = 2, kRelu2 = 3 };
+
+// --- attention dropout: mirrors mix32 / dropout_row_state / dropout_key_state / dropout_bits of
+// attnlab/backends/_common.py bit for bit (uint32_t arithmetic wraps mod 2^32, as the Python
+// side's masked 16-bit-split products do).
+constexpr uint32_t kRowSalt = 0x9E3779B9u, kKeySalt = 0x85EBCA6Bu;
+
+inline uint32_t mix32(uint32_t x) {  // lowbias32
+  x ^= x >> 16;
+  x *= 0x7FEB352Du;
+  x ^= x >> 15;
+  x *= 0x846CA68Bu;
+  x ^= x >> 16;
+  return x;
+}
+inline uint32_t absorb(uint32_t h, uint32_t word) { return mix32(word ^ h); }
+inline uint32_t seed_state(uint32_t salt, uint64_t seed) {
+  return absorb(absorb(salt, static_cast<uint32_t>(seed)), static_cast<uint32_t>(seed >> 32));
+}
+inline uint32_t dropout_row_state(uint64_t seed, uint64_t row) {
+  return absorb(absorb(seed_state(kRowSalt, seed), static_cast<uint32_t>(row)), static_cast<uint32_t>(row >> 32));
+}
+std::vector<uint32_t> dropout_key_states(uint64_t seed, int64_t S) {
+  std::vector<uint32_t> keys(S);
+  const uint32_t h = seed_state(kKeySalt, seed);
+  for (int64_t j = 0; j < S; ++j) keys[j] = absorb(h, static_cast<uint32_t>(j));
+  return keys;
+}
 
 // Row-major C (m x n) = alpha op(A) (m x k) op(B) (k x n) + beta C, through column-major BLAS:
 // a row-major matrix is its transpose in column-major, so C^T = op(B)^T op(A)^T.
@@ -114,6 +146,12 @@ struct Args {
   bool causal;
   T scale, eps;
   int64_t bq, bk;
+  // Dropout: off when keys == nullptr. keep iff mix32(row state ^ keys[j]) >= threshold.
+  const uint32_t* keys;
+  uint64_t seed;
+  uint32_t threshold;
+  T keep_scale;  // 1 / (1 - p)
+  uint32_t row_state(int64_t row) const { return dropout_row_state(seed, static_cast<uint64_t>(row)); }
 
   // The visibility of row i (absolute query index) of head (n, h, g) within keys [j0, j0 + width).
   RowVisibility row(int64_t n, int64_t h, int64_t g, int64_t i, int64_t j0, int64_t width) const {
@@ -148,6 +186,13 @@ T weights_row(T* row, int64_t width, const RowVisibility& vis) {
   return sum;
 }
 
+// Dropout on one row of weights (keys [j0, j0 + limit) of the row with hash state rs).
+template <typename T>
+void dropout_row(T* row, int64_t limit, const Args<T>& p, uint32_t rs, int64_t j0) {
+  const uint32_t* keys = p.keys + j0;
+  for (int64_t j = 0; j < limit; ++j) row[j] *= mix32(rs ^ keys[j]) >= p.threshold ? p.keep_scale : T(0);
+}
+
 // One task per (n, h, g, span of bq * tiles queries). Its loop runs over the key blocks outside
 // and over the span's query tiles inside, so each block of k and v is read into the cache once
 // per span rather than once per tile: at long L one head's k and v outgrow L2.
@@ -174,7 +219,9 @@ void forward_impl(const Args<T>& p, int64_t tiles, T* out, T* z) {
           if (p.key_end(q0 + i0, m) <= j0) continue;  // causal: every key of the block is in this tile's future
           gemm<T>(false, true, m, w, p.D, T(1), qs.data() + i0 * p.D, p.D, kh + j0 * p.D, p.D, T(0), s.data(), w);
           for (int64_t i = 0; i < m; ++i) {
-            rowsum[i0 + i] += weights_row<T, K>(s.data() + i * w, w, p.row(n, h, g, q0 + i0 + i, j0, w));
+            const RowVisibility vis = p.row(n, h, g, q0 + i0 + i, j0, w);
+            rowsum[i0 + i] += weights_row<T, K>(s.data() + i * w, w, vis);
+            if (p.keys != nullptr) dropout_row(s.data() + i * w, vis.limit, p, p.row_state(head * p.L + q0 + i0 + i), j0);
           }
           gemm<T>(false, false, m, p.Dv, w, T(1), s.data(), w, vh + j0 * p.Dv, p.Dv, T(1), acc.data() + i0 * p.Dv,
                   p.Dv);
@@ -232,10 +279,21 @@ void backward_impl(const Args<T>& p, const T* d_out, const T* out, const T* z, T
               T* grow = ds.data() + i * w;
               const RowVisibility vis = p.row(n, h, g, i0 + i, j0, w);
               const T di = delta[i];
+              if (p.keys == nullptr) {
 #pragma omp simd
-              for (int64_t j = 0; j < vis.limit; ++j) {
-                grow[j] -= di;
-                weight_and_vjp<T, K>(srow[j], grow[j]);
+                for (int64_t j = 0; j < vis.limit; ++j) {
+                  grow[j] -= di;
+                  weight_and_vjp<T, K>(srow[j], grow[j]);
+                }
+              } else {  // the forward's m_j: into dO . v_j before f', and into a_j for dv
+                const uint32_t rs = p.row_state(row0 + i);
+                const uint32_t* keys = p.keys + j0;
+                for (int64_t j = 0; j < vis.limit; ++j) {
+                  const T mj = mix32(rs ^ keys[j]) >= p.threshold ? p.keep_scale : T(0);
+                  grow[j] = grow[j] * mj - di;
+                  weight_and_vjp<T, K>(srow[j], grow[j]);
+                  srow[j] *= mj;
+                }
               }
               if (vis.mask != nullptr) {
                 for (int64_t j = 0; j < vis.limit; ++j) {
@@ -278,8 +336,26 @@ Args<T> make_args(const torch::Tensor& q, const torch::Tensor& k, const torch::T
   p.eps = static_cast<T>(eps);
   p.bq = bq;
   p.bk = bk;
+  p.keys = nullptr;
   return p;
 }
+
+uint64_t join_seed(int64_t seed_lo, int64_t seed_hi) {
+  return (static_cast<uint64_t>(seed_hi) << 32) | (static_cast<uint64_t>(seed_lo) & 0xFFFFFFFFull);
+}
+
+// Dropout parameters of one call: the key states (owned by the caller) wired into p.
+template <typename T>
+void set_dropout(Args<T>& p, const std::vector<uint32_t>& keys, double dropout_p, int64_t threshold,
+                 int64_t seed_lo, int64_t seed_hi) {
+  if (dropout_p <= 0) return;
+  TORCH_CHECK(dropout_p < 1 && threshold >= 0 && threshold <= 0xFFFFFFFFll, "attnlab cpp: bad dropout arguments");
+  p.keys = keys.data();
+  p.seed = join_seed(seed_lo, seed_hi);
+  p.threshold = static_cast<uint32_t>(threshold);
+  p.keep_scale = static_cast<T>(1.0 / (1.0 - dropout_p));
+}
+
 
 // Calls fn.template operator()<T, K>() for the tensor's dtype and the kernel id.
 template <typename Fn>
@@ -301,31 +377,60 @@ void dispatch(const torch::Tensor& q, int64_t kernel, Fn&& fn) {
 
 std::vector<torch::Tensor> forward(torch::Tensor q, torch::Tensor k, torch::Tensor v, torch::Tensor mask,
                                    int64_t kernel, bool causal, double scale, double eps, int64_t bq, int64_t bk,
-                                   int64_t tiles) {
+                                   int64_t tiles, double dropout_p, int64_t threshold, int64_t seed_lo,
+                                   int64_t seed_hi) {
   TORCH_CHECK(tiles > 0, "attnlab cpp: tiles per task must be positive");
   auto out = torch::empty({q.size(0), q.size(1), q.size(2), q.size(3), v.size(3)}, q.options());
   auto z = torch::empty({q.size(0), q.size(1), q.size(2), q.size(3)}, q.options());
+  const auto keys = dropout_p > 0 ? dropout_key_states(join_seed(seed_lo, seed_hi), k.size(2))
+                                  : std::vector<uint32_t>();
   dispatch(q, kernel, [&]<typename T, int64_t K>() {
-    forward_impl<T, K>(make_args<T>(q, k, v, mask, causal, scale, eps, bq, bk), tiles, out.data_ptr<T>(),
-                       z.data_ptr<T>());
+    auto p = make_args<T>(q, k, v, mask, causal, scale, eps, bq, bk);
+    set_dropout<T>(p, keys, dropout_p, threshold, seed_lo, seed_hi);
+    forward_impl<T, K>(p, tiles, out.data_ptr<T>(), z.data_ptr<T>());
   });
   return {out, z};
 }
 
 std::vector<torch::Tensor> backward(torch::Tensor d_out, torch::Tensor q, torch::Tensor k, torch::Tensor v,
                                     torch::Tensor mask, torch::Tensor out, torch::Tensor z, int64_t kernel,
-                                    bool causal, double scale, double eps, int64_t bq, int64_t bk) {
+                                    bool causal, double scale, double eps, int64_t bq, int64_t bk, double dropout_p,
+                                    int64_t threshold, int64_t seed_lo, int64_t seed_hi) {
   TORCH_CHECK(d_out.is_contiguous() && out.is_contiguous() && z.is_contiguous(),
               "attnlab cpp: d_out, out, z must be contiguous");
   auto dq = torch::empty_like(q), dk = torch::empty_like(k), dv = torch::empty_like(v);
+  const auto keys = dropout_p > 0 ? dropout_key_states(join_seed(seed_lo, seed_hi), k.size(2))
+                                  : std::vector<uint32_t>();
   dispatch(q, kernel, [&]<typename T, int64_t K>() {
-    backward_impl<T, K>(make_args<T>(q, k, v, mask, causal, scale, eps, bq, bk), d_out.data_ptr<T>(),
-                        out.data_ptr<T>(), z.data_ptr<T>(), dq.data_ptr<T>(), dk.data_ptr<T>(), dv.data_ptr<T>());
+    auto p = make_args<T>(q, k, v, mask, causal, scale, eps, bq, bk);
+    set_dropout<T>(p, keys, dropout_p, threshold, seed_lo, seed_hi);
+    backward_impl<T, K>(p, d_out.data_ptr<T>(), out.data_ptr<T>(), z.data_ptr<T>(), dq.data_ptr<T>(),
+                        dk.data_ptr<T>(), dv.data_ptr<T>());
   });
   return {dq, dk, dv};
+}
+
+// The dropout hash words for rows (int64, any shape) and keys 0..S-1: (*rows.shape, S) int64, the
+// same numbers as attnlab.backends._common.dropout_bits (for the test that they agree).
+torch::Tensor dropout_bits(int64_t seed_lo, int64_t seed_hi, torch::Tensor rows, int64_t S) {
+  TORCH_CHECK(rows.scalar_type() == torch::kLong, "attnlab cpp: rows must be int64");
+  const uint64_t seed = join_seed(seed_lo, seed_hi);
+  const auto keys = dropout_key_states(seed, S);
+  auto r = rows.contiguous();
+  auto sizes = r.sizes().vec();
+  sizes.push_back(S);
+  auto bits = torch::empty(sizes, r.options());
+  const int64_t* rp = r.data_ptr<int64_t>();
+  int64_t* bp = bits.data_ptr<int64_t>();
+  for (int64_t i = 0; i < r.numel(); ++i) {
+    const uint32_t rs = dropout_row_state(seed, static_cast<uint64_t>(rp[i]));
+    for (int64_t j = 0; j < S; ++j) bp[i * S + j] = mix32(rs ^ keys[j]);
+  }
+  return bits;
 }
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("forward", &forward, "fused attention forward: (out, Z)");
   m.def("backward", &backward, "fused attention backward: (dq, dk, dv)");
+  m.def("dropout_bits", &dropout_bits, "the dropout hash words of (seed, rows, keys 0..S-1)");
 }
