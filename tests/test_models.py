@@ -17,6 +17,7 @@ from attnlab.models import (
     apply_overrides,
     build_model,
     from_dict,
+    masked_accuracy,
     masked_cross_entropy,
     mlm_mask,
 )
@@ -326,6 +327,23 @@ def test_masked_cross_entropy_matches_ignore_index():
         masked_cross_entropy(logits, y[:, :4])
     with pytest.raises(ValueError, match="loss_mask must be bool"):
         masked_cross_entropy(logits, y, m.long())
+
+
+def test_masked_accuracy_counts_selected_positions_only():
+    y = torch.tensor([[1, 2, 3, 4]])
+    pred = torch.tensor([[1, 0, 3, 0]])
+    m = torch.tensor([[True, True, True, False]])
+    assert masked_accuracy(pred, y, m) == pytest.approx(2 / 3) and masked_accuracy(pred, y) == 0.5
+    logits = F.one_hot(y, 5).double()
+    assert masked_accuracy(logits, y, m) == 1.0
+    with pytest.raises(ValueError, match="logits_or_predictions must be logits"):
+        masked_accuracy(pred[:, :3], y)
+    with pytest.raises(ValueError, match="logits_or_predictions must be logits"):
+        masked_accuracy(pred.double(), y)
+    with pytest.raises(ValueError, match="mask must be bool"):
+        masked_accuracy(pred, y, m.long())
+    with pytest.raises(ValueError, match="mask must select at least one position"):
+        masked_accuracy(pred, y, torch.zeros_like(m))
 
 
 def test_dataclass_config_roundtrip():

@@ -408,6 +408,26 @@ def test_resume_uses_the_last_complete_checkpoint_and_removes_partial_ones(tmp_p
         == [1, 2, 3, 4, 5, 6]
 
 
+def test_load_trained_model_takes_the_newest_checkpoint_even_without_its_state(tmp_path):
+    from attnlab.checkpoints import find_checkpoint, load_trained_model
+
+    cfg = small(tmp_path, steps=4, ckpt_every=2, keep_checkpoints=2)
+    T.train(cfg)
+    run = tmp_path / "run"
+    (run / "checkpoints" / "latest").write_text("step_00000002")  # stale: never read
+    (run / "checkpoints" / "step_00000004" / "state.pt").unlink()  # a finished study cell keeps weights only
+    assert find_checkpoint(run).name == "step_00000002"
+    assert find_checkpoint(run, weights_only=True).name == "step_00000004"
+    model, loaded = load_trained_model(run)
+    assert not model.training and loaded.model == T.fit_model_config(cfg.model, CountingSource())
+    from safetensors.torch import load_file
+
+    want = load_file(str(run / "checkpoints" / "step_00000004" / "model.safetensors"))
+    assert all(torch.equal(v, want[k]) for k, v in model.state_dict().items())
+    with pytest.raises(ValueError, match="run_dir must be an 'attnlab train' run folder"):
+        load_trained_model(tmp_path / "nothing")
+
+
 def test_resume_with_only_a_partial_checkpoint_says_so(tmp_path):
     root = tmp_path / "run" / "checkpoints"
     (root / ".tmp-abc").mkdir(parents=True)

@@ -28,7 +28,8 @@ from .io import atomic_write_text
 from .models import to_dict
 
 __all__ = ["RUN_LENGTH_FIELDS", "config_diff", "config_hash", "find_checkpoint", "is_run_folder",
-           "load_checkpoint", "partial_checkpoints", "read_state", "run_identity", "save_checkpoint"]
+           "load_checkpoint", "load_trained_model", "partial_checkpoints", "read_state", "run_identity",
+           "save_checkpoint"]
 
 # train fields that do not define the run: changing them keeps --resume possible (steps can be
 # extended; logging, checkpointing, device and output folder are bookkeeping)
@@ -73,12 +74,15 @@ def _complete(ckpt: Path) -> bool:
     return (ckpt / "model.safetensors").is_file() and (ckpt / "state.pt").is_file()
 
 
-def find_checkpoint(run_dir: Path) -> Path | None:
+def find_checkpoint(run_dir: Path, *, weights_only: bool = False) -> Path | None:
     """The newest complete checkpoint of a run folder (None when there is none).
 
     ``step_*`` folders appear by an atomic rename, so the highest-numbered one is the newest
-    complete checkpoint even when a crash came before ``latest`` was updated."""
-    found = sorted(p for p in (run_dir / "checkpoints").glob("step_*") if _complete(p))
+    complete checkpoint even when a crash came before ``latest`` was updated. ``weights_only``:
+    a checkpoint whose ``state.pt`` was removed (finished study cells keep only the weights)
+    counts too; it can be evaluated but not resumed."""
+    found = sorted(p for p in (Path(run_dir) / "checkpoints").glob("step_*")
+                   if (p / "model.safetensors").is_file() if weights_only or _complete(p))
     return found[-1] if found else None
 
 
@@ -150,3 +154,28 @@ def load_checkpoint(ckpt: Path, model: torch.nn.Module, optimizer: torch.optim.O
         torch.cuda.set_rng_state_all(state["cuda_rng"])
     random.setstate(state["python_rng"])
     return int(state["step"])
+
+
+def load_trained_model(run_dir: str | Path) -> tuple[torch.nn.Module, Any]:
+    """The model of a run folder, built from its ``run.json`` config with the weights of its newest
+    complete checkpoint (:func:`find_checkpoint`, ``weights_only``), in eval mode on the CPU, and
+    its :class:`attnlab.config.RunConfig`. The one way studies and tools load a trained model.
+
+    Raises:
+        ValueError: ``run_dir`` holds no run.json or no checkpoint with weights.
+    """
+    from safetensors.torch import load_file
+
+    from ._strict import from_dict
+    from .config import RunConfig
+    from .models import build_model
+
+    run_dir = Path(run_dir)
+    ckpt = find_checkpoint(run_dir, weights_only=True)
+    if not (run_dir / "run.json").is_file() or ckpt is None:
+        raise ValueError(f"run_dir must be an 'attnlab train' run folder with run.json and a complete "
+                         f"checkpoint, got {str(run_dir)!r}")
+    cfg = from_dict(RunConfig, json.loads((run_dir / "run.json").read_text())["config"])
+    model = build_model(cfg.model)
+    model.load_state_dict(load_file(str(ckpt / "model.safetensors")))
+    return model.eval(), cfg

@@ -1,10 +1,7 @@
 """Training loop: ``attnlab train CONFIG.yaml [key=value ...] [--resume | --overwrite]``.
 
-One YAML file holds three sections, each a dataclass that refuses unknown keys::
-
-    model: {kind: causal, n_layers: 2, d_model: 64, n_heads: 4, kernel: expressive}
-    data:  {source: corpus, name: stdlib, tokenizer: byte}
-    train: {steps: 200, batch_size: 16, lr: 1e-3, out_dir: runs/tiny}
+One YAML file holds three strict sections, ``model``, ``data`` and ``train`` (:mod:`attnlab.config`,
+read by :func:`load_config`); :mod:`attnlab.run_plan` checks a run before any work.
 
 The loop: AdamW (no decay on biases and norms), learning rate ``lr * (t + 1) / warmup`` during
 warmup then cosine decay to ``min_lr``, gradient clipping, bf16 autocast on CUDA only, optional
@@ -36,7 +33,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import dataclasses
 import json
 import math
 import os
@@ -44,25 +40,16 @@ import shlex
 import shutil
 import signal
 import sys
-import threading
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.distributed as dist
 
-from .checkpoints import (
-    check_resumable,
-    find_checkpoint,
-    is_run_folder,
-    load_checkpoint,
-    partial_checkpoints,
-    read_state,
-    save_checkpoint,
-)
+from .checkpoints import find_checkpoint, load_checkpoint, partial_checkpoints, save_checkpoint
+from .config import DataConfig, RunConfig, TrainConfig, load_config
 from .data.sources import (
     BatchSource,
     CorpusSource,
@@ -73,148 +60,15 @@ from .data.sources import (
     register_source,
 )
 from .io import atomic_write_text
-from .models import ModelConfig, apply_overrides, build_model, from_dict, masked_cross_entropy, to_dict
-from .models.config import check_field_types
-from .models.objectives import mlm_mask
+from .models import ModelConfig, build_model, masked_cross_entropy
+from .models.objectives import masked_accuracy, mlm_mask
+from .run_plan import StopOnSignal, TrainingInterrupted, prepare_run, run_info
 
 __all__ = [
     "BatchSource", "CorpusSource", "DataConfig", "RunConfig", "TaskSource", "TrainConfig",
     "TrainingInterrupted", "available_sources", "evaluate", "fit_model_config", "load_config", "lr_at",
     "main", "make_source", "register_source", "train",
 ]
-
-
-@dataclass
-class DataConfig:
-    """Where batches come from (the sources are in :mod:`attnlab.data.sources`).
-
-    Attributes:
-        source: a registered source: ``corpus`` (a text corpus, tokenized) or ``task`` (a
-            synthetic task of :mod:`attnlab.data.tasks`).
-        name: the corpus or task name.
-        tokenizer: tokenizer of a corpus (``byte`` or ``bpe``).
-        max_bytes: read at most this much of a corpus (None: all).
-        complexity: ladder level of a task; task_seed fixes the task instance.
-        mask_prob: masked LM only: fraction of positions masked (BERT: 0.15).
-    """
-
-    source: str = "corpus"
-    name: str = "stdlib"
-    tokenizer: str = "byte"
-    max_bytes: int | None = None
-    complexity: int = 1
-    task_seed: int = 0
-    mask_prob: float = 0.15
-
-    def __post_init__(self) -> None:
-        check_field_types(self)
-        if self.source not in available_sources():
-            raise ValueError(f"source must be one of {available_sources()}, got {self.source!r}")
-        if not 0 < self.mask_prob <= 1:
-            raise ValueError(f"mask_prob must be in (0, 1], got {self.mask_prob}")
-
-
-@dataclass
-class TrainConfig:
-    """Optimization and bookkeeping. ``batch_size`` is global (split over data-parallel ranks);
-    ``*_every = 0`` turns that action off (a checkpoint is always written at the end)."""
-
-    steps: int = 100
-    batch_size: int = 16
-    lr: float = 1e-3
-    min_lr: float = 1e-4
-    warmup_steps: int = 10
-    weight_decay: float = 0.1
-    beta1: float = 0.9
-    beta2: float = 0.95
-    grad_clip: float = 1.0
-    log_every: int = 10
-    eval_every: int = 0
-    eval_batches: int = 2
-    ckpt_every: int = 0
-    keep_checkpoints: int = 2
-    seed: int = 0
-    device: str = "auto"
-    bf16: bool = True
-    compile: bool = False
-    progress: bool = True
-    tensorboard: bool = False
-    out_dir: str = "runs/default"
-
-    def __post_init__(self) -> None:
-        check_field_types(self)
-        for key in ("steps", "batch_size", "log_every", "eval_batches", "keep_checkpoints"):
-            if getattr(self, key) < 1:
-                raise ValueError(f"{key} must be >= 1, got {getattr(self, key)}")
-        for key in ("warmup_steps", "eval_every", "ckpt_every", "seed", "grad_clip", "weight_decay", "min_lr"):
-            if getattr(self, key) < 0:
-                raise ValueError(f"{key} must be >= 0, got {getattr(self, key)}")
-        if not self.lr > 0 or self.min_lr > self.lr:
-            raise ValueError(f"lr must be > 0 and >= min_lr ({self.min_lr}), got {self.lr}")
-        if self.device not in ("auto", "cpu", "cuda"):
-            raise ValueError(f"device must be 'auto', 'cpu' or 'cuda', got {self.device!r}")
-        if self.tensorboard:
-            try:
-                import torch.utils.tensorboard  # noqa: F401
-            except ImportError:
-                raise ValueError("tensorboard=true needs the tensorboard package") from None
-
-
-@dataclass
-class RunConfig:
-    """A full run: ``model``, ``data`` and ``train`` sections."""
-
-    model: ModelConfig = field(default_factory=ModelConfig)
-    data: DataConfig = field(default_factory=DataConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
-
-    def __post_init__(self) -> None:
-        _check_backend(self.model)
-
-
-def _check_backend(model: ModelConfig) -> None:
-    """``model.backend`` must exist and compute ``model.kernel`` (else step 0 would fail)."""
-    if model.backend == "auto":
-        return
-    from .backends import available_backends, get_backend
-    from .kernels import get_kernel
-
-    if model.backend not in available_backends():
-        raise ValueError(f"model.backend must be 'auto' or one of {available_backends()}, got {model.backend!r}")
-    kernel = get_kernel(model.kernel)
-    if not get_backend(model.backend).supports(kernel):
-        able = [name for name in available_backends() if get_backend(name).supports(kernel)]
-        raise ValueError(f"model.backend {model.backend!r} does not support model.kernel {model.kernel!r}; "
-                         f"use 'auto' or one of {able}")
-
-
-def _check_device(device: str) -> None:
-    if device == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"train.device is 'cuda' but this torch ({torch.__version__}) sees no CUDA device "
-                         "(torch.cuda.is_available() is False); use train.device=cpu or auto")
-
-
-def load_config(path: str | os.PathLike | None, overrides: Sequence[str] = ()) -> RunConfig:
-    """Read a YAML run config (or defaults when ``path`` is None) and apply ``key=value`` overrides.
-
-    Raises:
-        ValueError / TypeError: a missing file or malformed YAML (names the file), an unknown
-            key, a value of the wrong type, an impossible shape or a backend that cannot
-            compute the kernel, naming the dotted key (e.g. ``model.n_heads``).
-    """
-    import yaml
-
-    data: Any = {}
-    if path is not None:
-        if not Path(path).is_file():
-            raise ValueError(f"config file {path} does not exist")
-        try:
-            data = yaml.safe_load(Path(path).read_text()) or {}
-        except yaml.YAMLError as err:
-            raise ValueError(f"config file {path} is not valid YAML: {' '.join(str(err).split())}") from None
-        if not isinstance(data, dict):
-            raise ValueError(f"config file {path} must hold a mapping, got {type(data).__name__}")
-    return from_dict(RunConfig, apply_overrides(data, list(overrides)))
 
 
 def lr_at(step: int, cfg: TrainConfig, schedule_steps: int | None = None) -> float:
@@ -225,108 +79,6 @@ def lr_at(step: int, cfg: TrainConfig, schedule_steps: int | None = None) -> flo
     span = max(1, (cfg.steps if schedule_steps is None else schedule_steps) - cfg.warmup_steps)
     progress = min(1.0, (step - cfg.warmup_steps) / span)
     return cfg.min_lr + 0.5 * (cfg.lr - cfg.min_lr) * (1 + math.cos(math.pi * progress))
-
-
-# --- run bookkeeping -------------------------------------------------------------------------
-
-
-def _run_info(cfg: RunConfig, world: int, device: torch.device, plan: _Plan) -> dict[str, Any]:
-    """What ``run.json`` records: config and its hash, seed, the learning-rate schedule's length,
-    world size, device, versions, hardware, commit."""
-    from .checkpoints import config_hash
-    from .provenance import environment_info
-
-    return {"config": to_dict(cfg), "config_hash": config_hash(cfg), "seed": cfg.train.seed,
-            "schedule_steps": plan.schedule_steps, "resumed_from_step": plan.start, "world_size": world,
-            "device": str(device), "environment": environment_info(), "argv": sys.argv}
-
-
-class TrainingInterrupted(KeyboardInterrupt):
-    """Raised by :func:`train` after SIGINT or SIGTERM, once the current step has finished and
-    its checkpoint is written. ``exit_code`` is the shell's: 128 + signal number."""
-
-    def __init__(self, signum: int, step: int, checkpoint: Path) -> None:
-        super().__init__(f"{signal.Signals(signum).name} after step {step}; checkpoint {checkpoint}")
-        self.signum, self.step, self.checkpoint, self.exit_code = signum, step, checkpoint, 128 + signum
-
-
-class _StopOnSignal:
-    """While active (main thread only), SIGINT and SIGTERM set ``signum`` instead of stopping the
-    process; a second one of the same signal acts as usual."""
-
-    def __init__(self) -> None:
-        self.signum, self._old = 0, {}
-
-    def _handle(self, signum: int, frame: Any) -> None:
-        self.signum = self.signum or signum
-        signal.signal(signum, self._old.get(signum, signal.SIG_DFL))
-
-    def __enter__(self) -> _StopOnSignal:
-        if threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                self._old[sig] = signal.signal(sig, self._handle)
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        for sig, handler in self._old.items():
-            signal.signal(sig, handler)
-
-
-@dataclass
-class _Plan:
-    """What :func:`_prepare` settled before any work: the fitted config and where to start."""
-
-    cfg: RunConfig
-    source: BatchSource
-    device: torch.device
-    checkpoint: Path | None  # resume from it
-    start: int
-    schedule_steps: int
-
-    def done_message(self) -> str:
-        return (f"the run in {self.cfg.train.out_dir} is already at step {self.start} >= train.steps "
-                f"({self.cfg.train.steps}); nothing to do (raise train.steps=... to train further)")
-
-
-def _prepare(cfg: RunConfig, resume: bool, overwrite: bool, source: BatchSource | None) -> _Plan:
-    """Check the whole run before any work: config, device, data source, run folder, checkpoint.
-
-    Raises:
-        ValueError: anything that would fail later (see :func:`train`).
-    """
-    world, rank = int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("RANK", "0"))
-    if resume and overwrite:
-        raise ValueError("--resume and --overwrite exclude each other")
-    if cfg.train.batch_size % world:
-        raise ValueError(f"train.batch_size ({cfg.train.batch_size}) must be divisible by the "
-                         f"number of processes ({world})")
-    _check_backend(cfg.model)
-    _check_device(cfg.train.device)
-    source = make_source(cfg.data, cfg.model) if source is None else source
-    cfg = dataclasses.replace(cfg, model=fit_model_config(cfg.model, source))  # caller's cfg untouched
-    want_cuda = cfg.train.device == "cuda" or (cfg.train.device == "auto" and torch.cuda.is_available())
-    device = torch.device(f"cuda:{os.environ.get('LOCAL_RANK', '0')}" if want_cuda else "cpu")
-    run_dir = Path(cfg.train.out_dir)
-    if resume:
-        ckpt = find_checkpoint(run_dir)
-        if ckpt is None:
-            partial = partial_checkpoints(run_dir)
-            note = (f" (only {len(partial)} partial one(s) of a killed write: {[p.name for p in partial]})"
-                    if partial else "")
-            again = "again with --overwrite" if run_dir.is_dir() and any(run_dir.iterdir()) else "without --resume"
-            raise ValueError(f"--resume: no checkpoint in {run_dir}{note}; start the run {again}")
-        state = read_state(ckpt)
-        check_resumable(state, cfg, ckpt)
-        schedule = int(state.get("schedule_steps", state["config"]["train"]["steps"]))
-        return _Plan(cfg, source, device, ckpt, int(state["step"]), schedule)
-    if rank == 0 and run_dir.is_dir() and any(run_dir.iterdir()):  # other ranks: rank 0 may be writing
-        if not overwrite:
-            raise ValueError(f"train.out_dir {run_dir} is not empty (an earlier run?); continue that run with "
-                             "--resume, or delete it and start again with --overwrite, or choose another out_dir")
-        if not is_run_folder(run_dir):
-            raise ValueError(f"--overwrite: train.out_dir {run_dir} holds no run.json, metrics.jsonl or "
-                             "checkpoints/, so it is not a run folder; refusing to delete it")
-    return _Plan(cfg, source, device, None, 0, cfg.train.steps)
 
 
 # --- the loop --------------------------------------------------------------------------------
@@ -348,15 +100,19 @@ def evaluate(model: torch.nn.Module, source: BatchSource, cfg: RunConfig,
     """Mean loss and accuracy on the selected positions of ``eval_batches`` validation batches
     (a fixed generator seeded by ``train.seed``, so every evaluation sees the same data)."""
     gen = torch.Generator().manual_seed(cfg.train.seed + 1)
-    loss_sum, correct, count = 0.0, 0, 0
+    loss_sum, preds, targets, masks = 0.0, [], [], []
     for _ in range(cfg.train.eval_batches):
         x, y, m = (t.to(device) for t in _batch(source, cfg.model, cfg.data, cfg.train.batch_size,
                                                   gen, "validation"))
         logits = model(x)
         loss_sum += float(masked_cross_entropy(logits, y, m, denominator=1))
-        correct += int(((logits.argmax(-1) == y) & m).sum())
-        count += int(m.sum())
-    return {"eval_loss": loss_sum / max(count, 1), "eval_accuracy": correct / max(count, 1)}
+        preds.append(logits.argmax(-1))
+        targets.append(y)
+        masks.append(m)
+    mask = torch.cat(masks)
+    count = int(mask.sum())
+    accuracy = masked_accuracy(torch.cat(preds), torch.cat(targets), mask) if count else 0.0
+    return {"eval_loss": loss_sum / max(count, 1), "eval_accuracy": accuracy}
 
 
 def train(cfg: RunConfig, *, resume: bool = False, overwrite: bool = False,
@@ -373,7 +129,7 @@ def train(cfg: RunConfig, *, resume: bool = False, overwrite: bool = False,
             ``resume`` or ``overwrite``, or ``resume`` without a checkpoint of this config.
         TrainingInterrupted: after SIGINT/SIGTERM, once the step's checkpoint is written.
     """
-    plan = _prepare(cfg, resume, overwrite, source)
+    plan = prepare_run(cfg, resume, overwrite, source)
     world, rank = int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("RANK", "0"))
     cfg, source, device, tc = plan.cfg, plan.source, plan.device, plan.cfg.train
     run_dir, main_rank, metrics_path = Path(tc.out_dir), rank == 0, Path(tc.out_dir) / "metrics.jsonl"
@@ -412,7 +168,7 @@ def train(cfg: RunConfig, *, resume: bool = False, overwrite: bool = False,
     writer = None
     if main_rank:
         run_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(run_dir / "run.json", json.dumps(_run_info(cfg, world, device, plan), indent=2))
+        atomic_write_text(run_dir / "run.json", json.dumps(run_info(cfg, world, device, plan), indent=2))
         old = metrics_path.read_text().splitlines() if start and metrics_path.exists() else []
         atomic_write_text(metrics_path, "".join(f"{ln}\n" for ln in old if json.loads(ln)["step"] <= start))
         if tc.tensorboard:
@@ -422,7 +178,7 @@ def train(cfg: RunConfig, *, resume: bool = False, overwrite: bool = False,
 
     bar = tqdm(total=tc.steps, initial=start, disable=not (main_rank and tc.progress), dynamic_ncols=True)
     per_rank, last, t0, tokens = tc.batch_size // world, {}, time.perf_counter(), 0
-    with _StopOnSignal() as stop, contextlib.ExitStack() as cleanup:
+    with StopOnSignal() as stop, contextlib.ExitStack() as cleanup:
         cleanup.callback(bar.close)
         if writer is not None:
             cleanup.callback(writer.close)
@@ -511,7 +267,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         try:
             cfg = load_config(args.config, args.overrides)
-            plan = _prepare(cfg, args.resume, args.overwrite, None)
+            plan = prepare_run(cfg, args.resume, args.overwrite, None)
         except (ValueError, TypeError, OSError, ImportError) as err:
             print(f"attnlab train: error: {err}", file=sys.stderr)
             return 2

@@ -1,6 +1,6 @@
 """Batch sources of the training loop: what ``data.source`` in a training config names.
 
-A source turns a :class:`~attnlab.train.DataConfig` into batches: ``corpus`` (random windows
+A source turns a :class:`~attnlab.data.config.DataConfig` into batches: ``corpus`` (random windows
 of a tokenized text corpus) and ``task`` (a synthetic task of :mod:`attnlab.data.tasks`); more
 are added by name with :func:`register_source`.
 """
@@ -13,11 +13,11 @@ from typing import TYPE_CHECKING, Any, Protocol
 import torch
 from torch import Tensor
 
-from ..models import ModelConfig
 from ..registry import Registry
 
 if TYPE_CHECKING:
-    from ..train import DataConfig
+    from ..models import ModelConfig
+    from .config import DataConfig
 
 __all__ = [
     "BatchSource", "CorpusSource", "TaskSource", "available_sources", "fit_model_config", "make_source",

@@ -396,18 +396,11 @@ def accuracy(logits_or_predictions: Tensor, batch: TaskBatch) -> float:
 
     Raises:
         ValueError: if the shape does not match ``batch`` or no position is predictable.
+
+    The count is :func:`attnlab.models.objectives.masked_accuracy`'s, as in training evaluation.
     """
-    p = logits_or_predictions
-    if p.dim() == 3 and p.is_floating_point():
-        p = p.argmax(dim=-1)
-    if p.shape != batch.targets.shape or p.is_floating_point():
-        raise ValueError(
-            "logits_or_predictions must be logits (B, L, V) or integer predictions (B, L) with "
-            f"(B, L) = {tuple(batch.targets.shape)}, got {p.dtype} "
-            f"{tuple(logits_or_predictions.shape)}"
-        )
-    mask = batch.predictable
-    total = int(mask.sum())
-    if total == 0:
+    from ..models.objectives import masked_accuracy
+
+    if not batch.predictable.any():
         raise ValueError("batch must have at least one predictable position")
-    return int(((p == batch.targets) & mask).sum()) / total
+    return masked_accuracy(logits_or_predictions, batch.targets, batch.predictable)

@@ -1,7 +1,7 @@
 """Language models with any attnlab kernel: a decoder-only causal LM and an encoder masked LM."""
 
 from .config import ModelConfig, apply_overrides, from_dict, to_dict
-from .objectives import masked_cross_entropy, mlm_mask
+from .objectives import masked_accuracy, masked_cross_entropy, mlm_mask
 from .transformer import AttentionFn, CausalLM, KVCache, MaskedLM, SelfAttention, TransformerLM
 
 __all__ = [
@@ -15,6 +15,7 @@ __all__ = [
     "apply_overrides",
     "build_model",
     "from_dict",
+    "masked_accuracy",
     "masked_cross_entropy",
     "mlm_mask",
     "to_dict",

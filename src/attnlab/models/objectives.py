@@ -1,4 +1,4 @@
-"""Training objectives: masked token cross-entropy and BERT-style masking for the masked LM."""
+"""Training objectives: masked token cross-entropy and accuracy, and BERT-style masking for the masked LM."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["masked_cross_entropy", "mlm_mask"]
+__all__ = ["masked_accuracy", "masked_cross_entropy", "mlm_mask"]
 
 
 def masked_cross_entropy(logits: Tensor, targets: Tensor, loss_mask: Tensor | None = None, *,
@@ -38,6 +38,34 @@ def masked_cross_entropy(logits: Tensor, targets: Tensor, loss_mask: Tensor | No
     if denominator is None:
         denominator = targets.numel() if loss_mask is None else loss_mask.sum().clamp_min(1)
     return per_token.sum() / denominator
+
+
+def masked_accuracy(logits_or_predictions: Tensor, targets: Tensor, mask: Tensor | None = None) -> float:
+    """Fraction of the positions where ``mask`` is True at which the prediction equals the target:
+    the one accuracy of attnlab (training evaluation, the tasks, the studies).
+
+    Args:
+        logits_or_predictions: logits (B, L, V) (argmax taken) or integer predictions (B, L).
+        targets: LongTensor (B, L).
+        mask: optional bool (B, L); None counts every position.
+
+    Raises:
+        ValueError: a shape or dtype that does not fit ``targets``, or a mask that selects nothing.
+    """
+    p = logits_or_predictions
+    if p.dim() == 3 and p.is_floating_point():
+        p = p.argmax(dim=-1)
+    if p.shape != targets.shape or p.is_floating_point():
+        raise ValueError("logits_or_predictions must be logits (B, L, V) or integer predictions (B, L) with "
+                         f"(B, L) = {tuple(targets.shape)}, got {p.dtype} {tuple(logits_or_predictions.shape)}")
+    if mask is None:
+        mask = torch.ones_like(targets, dtype=torch.bool)
+    if mask.dtype != torch.bool or mask.shape != targets.shape:
+        raise ValueError(f"mask must be bool {tuple(targets.shape)}, got {mask.dtype} {tuple(mask.shape)}")
+    total = int(mask.sum())
+    if total == 0:
+        raise ValueError("mask must select at least one position")
+    return int(((p == targets) & mask).sum()) / total
 
 
 def mlm_mask(tokens: Tensor, *, mask_token_id: int, vocab_size: int, generator: torch.Generator,

@@ -144,28 +144,19 @@ def synthetic_qkv(*, batch: int = 1, heads: int = 2, length: int = 64, head_dim:
 
 
 def load_trained_model(path: str | Path) -> tuple[Any, Any]:
-    """The model of an ``attnlab train`` run folder (its run.json and latest checkpoint), in
-    eval mode, and its :class:`attnlab.train.RunConfig`.
+    """The model of an ``attnlab train`` run folder (its run.json and newest complete checkpoint,
+    :func:`attnlab.checkpoints.load_trained_model`), in eval mode, and its
+    :class:`attnlab.config.RunConfig`.
 
     Raises:
         ValueError: ``path`` holds no run.json or no checkpoint.
     """
-    import json
+    from ..checkpoints import load_trained_model as load
 
-    from safetensors.torch import load_file
-
-    from ..models import build_model, from_dict
-    from ..train import RunConfig
-
-    path = Path(path)
-    latest = path / "checkpoints" / "latest"
-    if not (path / "run.json").is_file() or not latest.is_file():
-        raise ValueError(f"checkpoint must be an 'attnlab train' run folder with run.json and "
-                         f"checkpoints/latest, got {str(path)!r}")
-    cfg = from_dict(RunConfig, json.loads((path / "run.json").read_text())["config"])
-    model = build_model(cfg.model)
-    model.load_state_dict(load_file(str(path / "checkpoints" / latest.read_text().strip() / "model.safetensors")))
-    return model.eval(), cfg
+    try:
+        return load(path)
+    except ValueError as err:
+        raise ValueError(f"checkpoint{str(err).removeprefix('run_dir')}") from None
 
 
 def load_hf_model(name_or_path: str) -> Any:
@@ -201,8 +192,8 @@ def hf_token_batch(name_or_path: str, vocab_size: int, *, batch: int, length: in
 def _groups(args: argparse.Namespace) -> list[tuple[str, str, str, dict[str, Any]]]:
     """(source, kernel, condition, compare_methods inputs) for every problem the options ask for."""
     from ..capture import capture_qkv
+    from ..data.sources import make_source
     from ..models import mlm_mask
-    from ..train import make_source
 
     groups = []
     if args.checkpoint is None and args.hf_model is None:

@@ -184,14 +184,13 @@ def _run_config(p: LadderPreset, task: str, level: int, kernel: str, seed: int, 
 @torch.no_grad()
 def _final_accuracy(model: torch.nn.Module, spec: Any, n: int, batch: int, seed: int) -> float:
     """Accuracy on the predictable positions of ``n`` test-split sequences."""
-    from ..data.tasks import sample
+    from ..data.tasks import accuracy, sample
 
     b = sample(spec, n, seed, split="test")
     device = next(model.parameters()).device
     model.eval()
     preds = torch.cat([model(b.inputs[i:i + batch].to(device)).argmax(-1).cpu() for i in range(0, n, batch)])
-    correct = ((preds == b.targets) & b.predictable).sum()
-    return float(correct) / float(b.predictable.sum())
+    return accuracy(preds, b)
 
 
 def train_cell(preset: LadderPreset, task: str, level: int, kernel: str, seed: int,
@@ -201,10 +200,7 @@ def train_cell(preset: LadderPreset, task: str, level: int, kernel: str, seed: i
     validation curve, ``steps_to_100`` and wall time."""
     import json
 
-    from safetensors.torch import load_file
-
-    from ..checkpoints import find_checkpoint
-    from ..models import build_model
+    from ..checkpoints import find_checkpoint, load_trained_model
     from ..train import train
 
     out_dir = Path(root) / "cells" / cell_key(task, level, kernel, seed)
@@ -212,9 +208,7 @@ def train_cell(preset: LadderPreset, task: str, level: int, kernel: str, seed: i
     start = time.perf_counter()
     resume = find_checkpoint(out_dir) is not None  # else start over (a cell killed before its checkpoint)
     train(cfg, resume=resume, overwrite=not resume)
-    ckpt = out_dir / "checkpoints" / (out_dir / "checkpoints" / "latest").read_text().strip()
-    model = build_model(cfg.model)
-    model.load_state_dict(load_file(str(ckpt / "model.safetensors")))
+    model, _ = load_trained_model(out_dir)
     final = _final_accuracy(model, spec, preset.final_eval_sequences, preset.batch_size, seed)
     lines = (out_dir / "metrics.jsonl").read_text().splitlines()
     curve = [[m["step"], m["loss"], m["eval_accuracy"]] for m in map(json.loads, lines) if "eval_accuracy" in m]

@@ -1,0 +1,121 @@
+"""Run configs: one YAML file, three strict sections (model, data, train), one loader.
+
+::
+
+    model: {kind: causal, n_layers: 2, d_model: 64, n_heads: 4, kernel: expressive}
+    data:  {source: corpus, name: stdlib, tokenizer: byte}
+    train: {steps: 200, batch_size: 16, lr: 1e-3, out_dir: runs/tiny}
+
+Each section is a dataclass that refuses unknown keys and wrong types (:mod:`attnlab._strict`):
+:class:`~attnlab.models.ModelConfig`, :class:`~attnlab.data.config.DataConfig` and
+:class:`TrainConfig`, held by :class:`RunConfig`. :func:`load_config` is the one way to read a
+run config from YAML and ``key=value`` overrides.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from ._strict import apply_overrides, check_field_types, from_dict, read_yaml_mapping
+from .data.config import DataConfig
+from .models.config import ModelConfig
+
+__all__ = ["DataConfig", "ModelConfig", "RunConfig", "TrainConfig", "check_backend", "check_device", "load_config"]
+
+
+@dataclass
+class TrainConfig:
+    """Optimization and bookkeeping. ``batch_size`` is global (split over data-parallel ranks);
+    ``*_every = 0`` turns that action off (a checkpoint is always written at the end)."""
+
+    steps: int = 100
+    batch_size: int = 16
+    lr: float = 1e-3
+    min_lr: float = 1e-4
+    warmup_steps: int = 10
+    weight_decay: float = 0.1
+    beta1: float = 0.9
+    beta2: float = 0.95
+    grad_clip: float = 1.0
+    log_every: int = 10
+    eval_every: int = 0
+    eval_batches: int = 2
+    ckpt_every: int = 0
+    keep_checkpoints: int = 2
+    seed: int = 0
+    device: str = "auto"
+    bf16: bool = True
+    compile: bool = False
+    progress: bool = True
+    tensorboard: bool = False
+    out_dir: str = "runs/default"
+
+    def __post_init__(self) -> None:
+        check_field_types(self)
+        for key in ("steps", "batch_size", "log_every", "eval_batches", "keep_checkpoints"):
+            if getattr(self, key) < 1:
+                raise ValueError(f"{key} must be >= 1, got {getattr(self, key)}")
+        for key in ("warmup_steps", "eval_every", "ckpt_every", "seed", "grad_clip", "weight_decay", "min_lr"):
+            if getattr(self, key) < 0:
+                raise ValueError(f"{key} must be >= 0, got {getattr(self, key)}")
+        if not self.lr > 0 or self.min_lr > self.lr:
+            raise ValueError(f"lr must be > 0 and >= min_lr ({self.min_lr}), got {self.lr}")
+        if self.device not in ("auto", "cpu", "cuda"):
+            raise ValueError(f"device must be 'auto', 'cpu' or 'cuda', got {self.device!r}")
+        if self.tensorboard:
+            try:
+                import torch.utils.tensorboard  # noqa: F401
+            except ImportError:
+                raise ValueError("tensorboard=true needs the tensorboard package") from None
+
+
+@dataclass
+class RunConfig:
+    """A full run: ``model``, ``data`` and ``train`` sections."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def __post_init__(self) -> None:
+        check_backend(self.model)
+
+
+def check_backend(model: ModelConfig) -> None:
+    """``model.backend`` must exist and compute ``model.kernel`` (else step 0 would fail)."""
+    if model.backend == "auto":
+        return
+    from .backends import available_backends, get_backend
+    from .kernels import get_kernel
+
+    if model.backend not in available_backends():
+        raise ValueError(f"model.backend must be 'auto' or one of {available_backends()}, got {model.backend!r}")
+    kernel = get_kernel(model.kernel)
+    if not get_backend(model.backend).supports(kernel):
+        able = [name for name in available_backends() if get_backend(name).supports(kernel)]
+        raise ValueError(f"model.backend {model.backend!r} does not support model.kernel {model.kernel!r}; "
+                         f"use 'auto' or one of {able}")
+
+
+def check_device(device: str) -> None:
+    """Refuse ``train.device=cuda`` where torch sees no CUDA device."""
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"train.device is 'cuda' but this torch ({torch.__version__}) sees no CUDA device "
+                         "(torch.cuda.is_available() is False); use train.device=cpu or auto")
+
+
+def load_config(path: str | os.PathLike | None, overrides: Sequence[str] = ()) -> RunConfig:
+    """Read a YAML run config (or defaults when ``path`` is None) and apply ``key=value`` overrides.
+
+    Raises:
+        ValueError / TypeError: a missing file or malformed YAML (names the file), an unknown
+            key, a value of the wrong type, an impossible shape or a backend that cannot
+            compute the kernel, naming the dotted key (e.g. ``model.n_heads``).
+    """
+    data: Any = {} if path is None else read_yaml_mapping(path)
+    return from_dict(RunConfig, apply_overrides(data, list(overrides)))
