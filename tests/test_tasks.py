@@ -224,7 +224,7 @@ def test_register_task():
         with pytest.raises(ValueError, match="task 'recall-copy' is already registered"):
             T.register_task(copy)
     finally:
-        T._TASKS.unregister("recall-copy")
+        T.unregister_task("recall-copy")
     with pytest.raises(TypeError, match="spec must be a TaskSpec"):
         T.register_task("recall")
     with pytest.raises(ValueError, match=r"spec\.ladder must hold at least one level"):
