@@ -168,7 +168,7 @@ def cell_key(task: str, level: int, kernel: str, seed: int) -> str:
 def _run_config(p: LadderPreset, task: str, level: int, kernel: str, seed: int, out_dir: Path):
     from ..data.tasks import task_config
     from ..models import ModelConfig
-    from ..train import DataConfig, RunConfig, TrainConfig
+    from ..config import DataConfig, RunConfig, TrainConfig
 
     spec = task_config(task, level, seed=seed)
     model = ModelConfig(kind="causal", vocab_size=spec.vocab_size, context=spec.seq_len, n_layers=p.n_layers,
