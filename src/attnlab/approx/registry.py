@@ -151,3 +151,12 @@ for _name, _fn in [
     register_approximation(_name, _fn)
 
 del _name, _fn
+
+# Sparse selectors under a KV budget (issue 14): budget ``top_k`` full K/V rows per query.
+from .selectors import REGISTERED as _SELECTORS  # noqa: E402
+from .selectors import make_approximation as _make_approximation  # noqa: E402
+
+for _name in _SELECTORS:
+    BUDGET_OPTIONS[_name] = "top_k"
+    register_approximation(_name, _make_approximation(_name))
+del _name

@@ -1,0 +1,148 @@
+"""``va-select``: attnlab's practical value-aware selector. It never sees the exact output.
+
+(Design notes and measurements: see the end of this docstring.)
+
+For one query with budget k, exact scores of every key (as oracle top-k; ``scores_all``) give
+the weights a_j and their total A = sum_j a_j. Values are known through a cheap *sketch*
+v~_j (``sketch``: ``pca`` = the per-head mean plus a rank-``sketch_dim`` PCA of the values,
+sketch_dim numbers per key; ``page`` = the mean value of the key's page of ``page_size``
+positions; ``none`` = 0). Then:
+
+1. Head: read the k1 = ceil(``head_fraction`` * k) keys of largest weight (full rows).
+2. Estimate the output: o_hat = (sum_{head} a_j v_j + sum_{other visible} a_j v~_j) / A.
+3. ``design="refit"`` (k1 = k): simplex weights beta on the head minimizing ||o_hat - beta^T V||
+   (exact refit, :func:`attnlab.approx.value_aware.simplex_least_squares`).
+   ``design="greedy"``: candidates = the next ``candidates`` * k keys by weight (``greedy-all``:
+   every other visible key); greedy forward selection of k - k1 of them reducing
+   ||o_hat - beta^T [V_head; V~_cand]|| with an exact simplex refit after every addition (the
+   va-greedy step with the sketched values of the candidates); then the chosen rows are read and
+   beta is refit on their exact values against o_hat.
+4. Output sum_{j} beta_j v_j (coefficients beta_j * A in the harness's ratio).
+
+Rows read = k (head + chosen); summary bytes = sketch bytes per visible key (``pca``:
+sketch_dim * itemsize per key + (sketch_dim + 1) * D_v * itemsize for the basis and mean;
+``page``: D_v * itemsize per visible page) plus the exact scores. Any kernel. The PCA basis is
+computed over every key of the head (in causal prefill it sees later values: a basis, not their
+weights; in decode there is no later key).
+
+Measurements (synthetic Q/K/V, see the report of issue 14 and ``compare``): filled in below.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from ..._checks import check_int
+from ..value_aware import _refit
+from .harness import Context, Picked, key_bytes, take
+
+DESIGNS = ("refit", "greedy", "greedy-all")
+SKETCHES = ("pca", "page", "none")
+
+
+def _sketch(ctx: Context, kind: str, m: int, page_size: int):
+    """v~ (N, H, 1, S, D_v) and the summary bytes per query."""
+    v = ctx.v
+    Dv = v.shape[-1]
+    if kind == "none":
+        return torch.zeros_like(v), torch.zeros(ctx.n_visible.shape, dtype=torch.float64)
+    if kind == "pca":
+        mu = v.mean(-2, keepdim=True)
+        vc = v - mu
+        m = min(m, Dv)
+        _, vecs = torch.linalg.eigh(vc.transpose(-1, -2) @ vc)  # ascending eigenvalues
+        U = vecs[..., -m:]
+        approx = mu + (vc @ U) @ U.transpose(-1, -2)
+        return approx, key_bytes(ctx, m * ctx.itemsize) + (m + 1) * Dv * ctx.itemsize
+    S = v.shape[-2]
+    n_pages = -(-S // page_size)
+    page = torch.arange(S, device=v.device) // page_size
+    sums = torch.zeros(*v.shape[:-2], n_pages, Dv, dtype=v.dtype, device=v.device).index_add_(-2, page, v)
+    counts = torch.bincount(page, minlength=n_pages).to(v.dtype)
+    means = sums / counts.unsqueeze(-1)
+    pad = n_pages * page_size - S
+    visp = torch.nn.functional.pad(ctx.visible, (0, pad)).reshape(*ctx.visible.shape[:-1], n_pages, -1).any(-1)
+    return means[..., page, :], visp.sum(-1).double() * Dv * ctx.itemsize
+
+
+def _greedy_extend(W: torch.Tensor, b0: torch.Tensor, Wc: torch.Tensor, valid: torch.Tensor, steps: int):
+    """Greedy forward selection of ``steps`` candidates (rows of Wc (R, C, D_v), already minus
+    o_hat) added to the support W (R, k1, D_v) with weights b0; exact refit after each step."""
+    b, e, err2 = _refit(W, b0)
+    wn2 = (Wc * Wc).sum(-1)
+    penalty = torch.where(valid, 0.0, -torch.inf).to(W.dtype)
+    rows = torch.arange(W.shape[0], device=W.device)
+    picks = []
+    for _ in range(steps):
+        ew = torch.einsum("rd,rcd->rc", e, Wc)
+        num = err2.unsqueeze(-1) - ew
+        den = (wn2 - 2 * ew + err2.unsqueeze(-1)).clamp_min(torch.finfo(W.dtype).tiny)
+        t = (num / den).clamp(0, 1)
+        j = (t * (2 * num - t * den) + penalty).argmax(-1)
+        tj = t[rows, j].unsqueeze(-1)
+        picks.append(j)
+        penalty[rows, j] = -torch.inf
+        W = torch.cat([W, Wc[rows, j].unsqueeze(1)], 1)
+        b, e, err2 = _refit(W, torch.cat([b * (1 - tj), tj], -1))
+    return torch.stack(picks, -1), b
+
+
+def va_select(ctx: Context, top_k: int, *, design: str = "refit", sketch: str = "pca", sketch_dim: int = 4,
+              head_fraction: float = 0.5, candidates: int = 4, page_size: int = 16) -> Picked:
+    """Practical value-aware selection (see the module docstring)."""
+    if design not in DESIGNS:
+        raise ValueError(f"design must be one of {DESIGNS}, got {design!r}")
+    if sketch not in SKETCHES:
+        raise ValueError(f"sketch must be one of {SKETCHES}, got {sketch!r}")
+    m = check_int("sketch_dim", sketch_dim, 1)
+    cand = check_int("candidates", candidates, 1)
+    P = check_int("page_size", page_size, 1)
+    if isinstance(head_fraction, bool) or not isinstance(head_fraction, (int, float)) or not 0 < head_fraction <= 1:
+        raise ValueError(f"head_fraction must be in (0, 1], got {head_fraction!r}")
+    vt, summary = _sketch(ctx, sketch, m, P)
+    a, vis = ctx.a, ctx.visible
+    crit = ctx.s if ctx.kernel.exponential else a
+    k1 = top_k if design == "refit" else max(1, min(top_k, math.ceil(top_k * head_fraction)))
+    head = take(crit, vis, k1)
+    A = a.sum(-1, keepdim=True)
+    tail = torch.where(vis & ~head, a, 0.0)
+    o_hat = (torch.where(head, a, 0.0) @ ctx.v + tail @ vt) / torch.where(A > 0, A, 1.0)
+    used = head.clone()
+    coef = torch.zeros_like(a)
+    work = (ctx.n_visible > top_k) & (A.squeeze(-1) > 0)  # the harness makes the other rows exact
+    if not bool(work.any()):
+        return Picked(used=used, coef=a, read=used, summary_bytes=summary, scores_all=True)
+    N, H, G, L, S = a.shape
+    Dv = ctx.v.shape[-1]
+    rowid = torch.arange(N * H, device=a.device).reshape(N, H, 1, 1).expand(N, H, G, L)[work]
+    cw, aw, visw, ow = crit[work], a[work], vis[work], o_hat[work]
+    hidx = torch.where(visw, cw, -torch.inf).topk(k1, -1).indices  # (R, k1) (n_visible > k >= k1)
+    V = ctx.v.reshape(N * H, S, Dv)
+    Vh = V[rowid.unsqueeze(-1), hidx]
+    ah = aw.gather(-1, hidx)
+    b0 = ah / ah.sum(-1, keepdim=True).clamp_min(torch.finfo(a.dtype).tiny)
+    W = Vh - ow.unsqueeze(1)
+    if design == "refit":
+        b, _, _ = _refit(W, b0)
+        idx = hidx
+    else:
+        pool = visw.clone()
+        pool.scatter_(-1, hidx, False)
+        C = min(S, cand * top_k) if design == "greedy" else S
+        cval, cidx = torch.where(pool, cw, -torch.inf).topk(C, -1)
+        valid = cval > -torch.inf
+        Vt = vt.reshape(N * H, S, Dv)
+        Wc = Vt[rowid.unsqueeze(-1), cidx] - ow.unsqueeze(1)
+        picks, b = _greedy_extend(W, b0, Wc, valid, top_k - k1)
+        chosen = cidx.gather(-1, picks)
+        idx = torch.cat([hidx, chosen], -1)
+        Wx = V[rowid.unsqueeze(-1), idx] - ow.unsqueeze(1)  # the chosen rows, read exactly
+        b, _, _ = _refit(Wx, b)
+    rows_used = torch.zeros_like(visw).scatter_(-1, idx, True)
+    rows_coef = torch.zeros_like(aw).scatter_(-1, idx, b * A[work])
+    used[work] = rows_used
+    coef[work] = rows_coef
+    coef = torch.where(work.unsqueeze(-1), coef, a)
+    return Picked(used=used, coef=coef, read=used, summary_bytes=summary, scores_all=True)
