@@ -10,10 +10,10 @@ import pytest
 import torch
 
 import attnlab
+from attnlab.integrations import hf
 from attnlab.testing import max_error
 
 transformers = pytest.importorskip("transformers")
-hf = pytest.importorskip("attnlab.integrations.hf")
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -195,7 +195,6 @@ def test_unsupported_kwargs_and_names():
 
 
 def test_approximation_with_all_keys_equals_exact():
-    pytest.importorskip("attnlab.approx.registry")
     name = hf.register_approximation("all10", "topk", top_k=10, kernel="expressive")
     assert name == "attnlab-approx-all10"
     idx, mask = inputs(pad_left=True)

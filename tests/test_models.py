@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 
 import attnlab
+from attnlab.approx import registry
 from attnlab.models import (
     CausalLM,
     MaskedLM,
@@ -352,7 +353,6 @@ def test_dataclass_config_roundtrip():
 
 
 def test_set_attention_with_a_registered_approximation():
-    registry = pytest.importorskip("attnlab.approx.registry")
     m = CausalLM(cfg(kernel="expressive", n_kv_heads=2))
     idx = tokens()
     exact = m(idx)

@@ -18,6 +18,7 @@ import pytest
 import torch
 
 from attnlab import train as T
+from attnlab.data import tasks
 from attnlab.models import CausalLM, ModelConfig, build_model
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
@@ -240,11 +241,10 @@ def test_torchrun_two_processes_match_one(tmp_path):
     assert json.loads((tmp_path / "ddp" / "run.json").read_text())["world_size"] == 2
 
 
-# --- the data adapters (need attnlab.data, written separately) -------------------------------
+# --- the data adapters --------------------------------------------------------------------------
 
 
 def test_task_source_adapter(tmp_path):
-    tasks = pytest.importorskip("attnlab.data.tasks")
     cfg = T.load_config(None, ["data.source=task", "data.name=recall", "data.complexity=1",
                                "model.n_layers=1", "model.d_model=32", "model.n_heads=2", "model.context=64",
                                "train.steps=3", "train.batch_size=4", "train.log_every=1",
@@ -259,8 +259,6 @@ def test_task_source_adapter(tmp_path):
 
 
 def test_corpus_source_adapter(tmp_path):
-    pytest.importorskip("attnlab.data.corpus")
-    pytest.importorskip("attnlab.data.tokenizers")
     cfg = T.load_config(None, ["data.source=corpus", "data.max_bytes=20000", "model.n_layers=1",
                                "model.d_model=32", "model.n_heads=2", "model.context=32", "train.steps=2",
                                "train.batch_size=2", "train.progress=false", f"train.out_dir={tmp_path}"])
@@ -281,7 +279,6 @@ def test_tensorboard_flag_needs_the_package():
 
 
 def test_python_dash_m_entry_point(tmp_path):
-    pytest.importorskip("attnlab.data.tasks")
     cmd = [sys.executable, "-m", "attnlab.train", str(CONFIGS / "ladder-recall.yaml"), "data.complexity=1",
            "model.n_layers=1", "model.d_model=32", "train.steps=2", "train.batch_size=4",
            "train.log_every=1", "train.eval_every=0", "train.progress=false", f"train.out_dir={tmp_path}"]
@@ -536,8 +533,6 @@ def test_backend_that_cannot_compute_the_kernel_fails_when_the_config_loads():
 def test_errors_before_any_work(tmp_path, capsys, overrides, match):
     if "train.device=cuda" in overrides and torch.cuda.is_available():
         pytest.skip("CUDA is available here")
-    if "data.source=corpus" in overrides:
-        pytest.importorskip("attnlab.data.corpus")
     cfg = T.load_config(None, [*small_overrides(tmp_path), *overrides])
     with pytest.raises(ValueError, match=match):
         T.train(cfg)
