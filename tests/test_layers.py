@@ -4,8 +4,8 @@ The import graph is read from the source (AST), not by importing: every ``import
 statement of every module under ``src/attnlab``, at module level and inside functions, with
 relative imports resolved. Layers, lowest first::
 
-    0  utilities: _checks, _strict, _argparse, io, registry, provenance, profiling (and the lazy
-       package root attnlab/__init__, which imports nothing at module level)
+    0  utilities: _checks, _strict, _argparse, io, registry, provenance, profiling, stats (and the
+       lazy package root attnlab/__init__, which imports nothing at module level)
     1  kernels
     2  backends
     3  functional
@@ -32,6 +32,7 @@ ROOT = "attnlab"
 
 LAYERS: dict[str, int] = {
     "": 0, "_checks": 0, "_strict": 0, "_argparse": 0, "io": 0, "registry": 0, "provenance": 0, "profiling": 0,
+    "stats": 0,
     "kernels": 1,
     "backends": 2,
     "functional": 3,
