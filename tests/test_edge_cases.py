@@ -155,3 +155,103 @@ def test_auto_resolution():
     for kernel in ["expressive", "squared", "relu", "relu2"]:
         assert resolve_backend(attnlab.get_kernel(kernel)).name == "chunked"
     assert resolve_backend(attnlab.get_kernel("expressive"), return_weights=True).name == "reference"
+
+
+# --- masked keys are inert (the rule in backends/reference.py) ------------------------------
+# The checks take a backend, dtype and device so that tests/test_triton_backend.py (where the
+# sweep routes 'triton') and tests/test_flex_backend.py run them too.
+
+#: What a masked key may hold. "huge" is finite (float32), but its weight overflows for squared
+#: and relu2 (s^2 > 3.4e38), and 0 * inf = NaN where a backend multiplies by the mask.
+POISONS = {"nan": float("nan"), "inf": float("inf"), "huge": 1e20}
+
+
+def _poison(x: torch.Tensor, where: torch.Tensor, value: float) -> torch.Tensor:
+    """``x`` with ``value`` (alternating in sign along the last dim) in the rows ``where`` selects."""
+    sign = torch.where(torch.arange(x.shape[-1]) % 2 == 0, 1.0, -1.0).to(x.dtype)
+    return torch.where(where[..., None], value * sign, x)
+
+
+def check_padding_keys_inert(backend: str, kernel: str, causal: bool, poison: str, *,
+                             dtype: torch.dtype | None = None, device: str = "cpu", grads: bool = True,
+                             run=None) -> None:
+    """Keys that no query of their batch element and key/value head sees (a padding mask, and
+    with ``is_causal`` the keys after the last query) hold ``poison`` in k AND v: the output
+    (and every gradient) equals the float64 reference's on finite inputs; dk, dv are 0 there.
+    ``run(q, k, v, mask, causal)`` replaces ``attnlab.attention(..., backend=backend)``."""
+    g = torch.Generator().manual_seed(11)
+    B, H, Hkv, L, S, D = 3, 4, 2, 6, 9, 8
+    q = torch.randn(B, H, L, D, generator=g, dtype=torch.float64)
+    k, v = (torch.randn(B, Hkv, S, D, generator=g, dtype=torch.float64) for _ in range(2))
+    lengths = torch.tensor([9, 5, 3])
+    mask = (torch.arange(S) < lengths[:, None])[:, None, None, :]  # (B, 1, 1, S)
+    hidden = ~mask[:, :, 0].expand(B, Hkv, S)
+    if causal:
+        hidden = hidden | (torch.arange(S) >= L)
+    dtype = dtype or (torch.float32 if poison == "huge" else torch.float64)
+    qp = q.to(device, dtype).requires_grad_(grads)
+    kp = _poison(k, hidden, POISONS[poison]).to(device, dtype).requires_grad_(grads)
+    vp = _poison(v, hidden, -POISONS[poison]).to(device, dtype).requires_grad_(grads)
+    maskp = mask.to(device)
+    if run is None:
+        skip_if_refused(backend, kernel, qp, kp, vp, maskp, causal=causal, gqa=True)
+        out = attnlab.attention(qp, kp, vp, kernel=kernel, attn_mask=maskp, is_causal=causal, enable_gqa=True,
+                                backend=backend)
+    else:
+        out = run(qp, kp, vp, maskp, causal)
+    qr, kr, vr = (t.clone().requires_grad_() for t in (q, k, v))
+    ref = attnlab.attention(qr, kr, vr, kernel=kernel, attn_mask=mask, is_causal=causal, enable_gqa=True,
+                            backend="reference")
+    assert_close(out.cpu(), ref.detach())
+    if not grads:
+        return
+    upstream = torch.randn(out.shape, generator=g, dtype=torch.float64)
+    got_grads = torch.autograd.grad(out, (qp, kp, vp), upstream.to(device, dtype))
+    ref_grads = torch.autograd.grad(ref, (qr, kr, vr), upstream)
+    for name, got, want in zip("qkv", got_grads, ref_grads, strict=True):
+        assert_close(got.cpu(), want, what=f"d{name}")
+    assert (got_grads[1].cpu()[hidden] == 0).all() and (got_grads[2].cpu()[hidden] == 0).all()
+
+
+def check_blind_queries(backend: str, kernel: str, hiding: str, poison: str, *,
+                        dtype: torch.dtype = torch.float64, device: str = "cpu", run=None) -> None:
+    """Key 5 holds NaN or +-inf and is visible to some queries only (the later ones under
+    ``is_causal``, half of them under a mask): every query that cannot see it gets the output it
+    would get with any finite key there. (Its value, and those queries' dq, are not covered.)"""
+    g = torch.Generator().manual_seed(12)
+    B, H, L, S, D, j = 2, 2, 8, 8, 8, 5
+    q, k, v = (torch.randn(B, H, n, D, generator=g, dtype=torch.float64) for n in (L, S, S))
+    causal = hiding == "causal"
+    if causal:
+        mask, sees = None, (torch.arange(L) >= j).expand(B, H, L)
+    else:
+        mask = torch.rand(B, 1, L, S, generator=g) > 0.4
+        mask[..., : L // 2, j], mask[..., L // 2:, j] = False, True
+        sees = mask[..., j].expand(B, H, L)
+    kp = _poison(k, torch.arange(S) == j, POISONS[poison])
+    qd, kd, vd = (t.to(device, dtype) for t in (q, kp, v))
+    maskd = None if mask is None else mask.to(device)
+    if run is None:
+        skip_if_refused(backend, kernel, qd, kd, vd, maskd, causal=causal)
+        out = attnlab.attention(qd, kd, vd, kernel=kernel, attn_mask=maskd, is_causal=causal, backend=backend)
+    else:
+        out = run(qd, kd, vd, maskd, causal)
+    ref = attnlab.attention(q, k, v, kernel=kernel, attn_mask=mask, is_causal=causal, backend="reference")
+    assert_close(out.cpu()[~sees], ref[~sees])
+
+
+@pytest.mark.parametrize("grads", [True, False], ids=["autograd", "no-grad"])
+@pytest.mark.parametrize("poison", list(POISONS))
+@pytest.mark.parametrize("causal", [False, True], ids=["padding", "padding+causal"])
+@pytest.mark.parametrize(("backend", "kernel"), PAIRS, ids=lambda x: x)
+def test_padding_keys_are_inert_whatever_their_keys_and_values_hold(backend, kernel, causal, poison, grads):
+    """With autograd attnlab checks k and v before the call, without it the output after it
+    (and reruns): both paths."""
+    check_padding_keys_inert(backend, kernel, causal, poison, grads=grads)
+
+
+@pytest.mark.parametrize("poison", ["nan", "inf"])
+@pytest.mark.parametrize("hiding", ["causal", "mask"])
+@pytest.mark.parametrize(("backend", "kernel"), PAIRS, ids=lambda x: x)
+def test_a_non_finite_key_never_reaches_the_queries_that_cannot_see_it(backend, kernel, hiding, poison):
+    check_blind_queries(backend, kernel, hiding, poison)

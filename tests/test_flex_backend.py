@@ -57,6 +57,28 @@ def test_forward_matches_float64_reference(case, kernel, dtype):
         assert (out[~mask.any(-1).expand(out.shape[:-1])] == 0).all()
 
 
+@pytest.mark.parametrize("poison", ["nan", "inf", "huge"])
+@pytest.mark.parametrize("kernel", ["softmax", "expressive", "squared"])
+def test_masked_keys_are_inert(kernel, poison):
+    """The masked-key rule of tests/test_edge_cases.py (flex is in the registry only with CUDA):
+    padding keys holding non-finite keys and values, and a non-finite key hidden from some
+    queries only; forwards on CPU (gradients on CUDA)."""
+    from test_edge_cases import check_blind_queries, check_padding_keys_inert
+
+    def run(q, k, v, mask, causal):
+        problem, shape = canonicalize(q, k, v, mask, causal, None, q.shape[1] != k.shape[1], 1e-6,
+                                      attnlab.get_kernel(kernel))
+        with torch.no_grad() if not CUDA else torch.enable_grad():
+            return flex_attention_backend(problem).reshape(shape)
+
+    device = "cuda" if CUDA else "cpu"
+    dtype = torch.float32 if CUDA or poison == "huge" else torch.float64
+    for causal in (False, True):
+        check_padding_keys_inert("flex", kernel, causal, poison, dtype=dtype, device=device, grads=CUDA, run=run)
+    if poison != "huge":
+        for hiding in ("causal", "mask"):
+            check_blind_queries("flex", kernel, hiding, poison, dtype=dtype, device=device, run=run)
+
 @pytest.mark.parametrize("kernel", ["squared", "relu"])
 def test_all_zero_weights_give_zero_rows_without_nan(kernel):
     """q = 0 (squared) or q.k < 0 everywhere (relu): every f(s) is 0, log f = -inf."""

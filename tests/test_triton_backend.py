@@ -211,6 +211,20 @@ def test_no_keys_gives_zeros_and_zero_gradients():
     assert (q.grad == 0).all()
 
 
+@pytest.mark.parametrize("poison", ["nan", "inf", "huge"])
+@pytest.mark.parametrize("kernel", KERNELS)
+def test_masked_keys_are_inert(kernel, poison):
+    """The masked-key rule of tests/test_edge_cases.py (whose sweep routes 'triton' here), in
+    float32 on DEVICE: padding keys with non-finite keys and values, causal and not, with
+    gradients and without; a non-finite key hidden from some queries only, forward."""
+    from test_edge_cases import check_blind_queries, check_padding_keys_inert
+
+    for causal, grads in ((False, True), (True, True), (True, False)):
+        check_padding_keys_inert("triton", kernel, causal, poison, dtype=torch.float32, device=DEVICE, grads=grads)
+    if poison != "huge":
+        for hiding in ("causal", "mask"):
+            check_blind_queries("triton", kernel, hiding, poison, dtype=torch.float32, device=DEVICE)
+
 def _problem(q, k, v, kernel="expressive"):
     return canonicalize(q, k, v, None, False, None, False, 1e-6, attnlab.get_kernel(kernel))[0]
 

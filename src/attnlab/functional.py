@@ -15,6 +15,7 @@ import torch
 from torch import Tensor
 
 from .backends import Problem, get_backend, resolve_backend
+from .backends._common import hide_unseen_keys, run_hiding_unseen_keys
 from .backends.reference import reference_attention
 from .kernels import Kernel, get_kernel
 
@@ -45,6 +46,13 @@ def attention(
     max-shifted softmax, no eps). A key is removed by zeroing its weight, never by adding -inf
     to s. A query that sees no key, or whose weights are all zero, gets a zero output row and
     finite gradients.
+
+    Masked keys are inert: a key hidden from a query (by ``attn_mask`` or ``is_causal``) never
+    contributes to that query's output, whatever the key holds (NaN or +-inf included). A key
+    hidden from every query of its batch element and key/value head (padding) is inert in full:
+    NaN or +-inf in its key or its value reaches no output and no gradient (its dk and dv are 0).
+    Not covered: a non-finite value of a key that some query sees still reaches the queries it
+    is hidden from (0 * NaN = NaN in the weighted sum), and a non-finite key may make their dq NaN.
 
     Args:
         query: (B..., H, L, D), float16/bfloat16/float32/float64.
@@ -94,7 +102,8 @@ def attention(
     """
     kern = get_kernel(kernel)
     problem, out_shape = canonicalize(
-        query, key, value, attn_mask, is_causal, scale, enable_gqa, eps, kern, dropout_p=dropout_p
+        query, key, value, attn_mask, is_causal, scale, enable_gqa, eps, kern, dropout_p=dropout_p,
+        defer_finite_check=True,
     )
     return_weights = _check_flag("return_weights", return_weights)
     if backend == "auto":
@@ -111,10 +120,10 @@ def attention(
             raise ValueError(
                 f"return_weights=True needs backend 'reference' or 'auto', got {chosen.name!r}"
             )
-        out, weights = reference_attention(problem, return_weights=True)
+        out, weights = run_hiding_unseen_keys(lambda p: reference_attention(p, return_weights=True), problem)
         weights_shape = (*out_shape[:-1], weights.shape[-1])
         return out.reshape(out_shape), weights.reshape(weights_shape)
-    return chosen.run(problem).reshape(out_shape)
+    return run_hiding_unseen_keys(chosen.run, problem).reshape(out_shape)
 
 
 def expressive_attention(query: Tensor, key: Tensor, value: Tensor, **kwargs) -> Tensor | tuple[Tensor, Tensor]:
@@ -172,11 +181,18 @@ def canonicalize(
     kernel: Kernel,
     *,
     dropout_p: float = 0.0,
+    defer_finite_check: bool = False,
 ) -> tuple[Problem, tuple[int, ...]]:
     """Validate an :func:`attention` call and bring it to the canonical 5-D layout of
     :class:`attnlab.backends.Problem`; returns it and the output shape. Approximations and
     backends called directly use it to validate exactly as :func:`attention` does. With
     ``dropout_p > 0`` it draws the call's dropout seed (:func:`draw_dropout_seed`).
+
+    The masked-key rule for padding is applied here (``backends._common.hide_unseen_keys``):
+    keys no query sees are zeroed where some key or value is non-finite. With
+    ``defer_finite_check=True`` and no gradient needed, that check is left to the caller, which
+    must then run the problem through ``backends._common.run_hiding_unseen_keys`` (as
+    :func:`attention` does: it checks the output, which is cheaper when decoding).
 
     Raises:
         TypeError, ValueError: as :func:`attention`.
@@ -255,7 +271,7 @@ def canonicalize(
         dropout_seed=draw_dropout_seed(query.device) if dropout_p > 0 else 0,
     )
     out_shape = (L, Dv) if no_heads else (*batch, H, L, Dv)
-    return problem, out_shape
+    return hide_unseen_keys(problem, defer=defer_finite_check), out_shape
 
 
 def _check_dropout(value: object) -> float:

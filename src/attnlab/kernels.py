@@ -121,10 +121,13 @@ _ONE = torch.ones(())
 
 
 def _ea_and_vjp_(s: Tensor, g: Tensor) -> Tensor:
-    # with u = 1 / (1 + s^2): f' = 2 s u^2 and f = s^2 u; one temporary, no cancellation
-    u = torch.addcmul(_ONE.to(s), s, s).reciprocal_()
-    g.mul_(s).mul_(u).mul_(u).mul_(2.0)
-    return s.square_().mul_(u)
+    # with x = s^2 and u = 1 / (1 + x): f' = 2 s u^2 and f = x u; one temporary, no cancellation.
+    # x is capped at the largest finite value, as in the C++ kernels, so that where s^2 overflows
+    # f is 1 (x u), not inf * 0 = NaN (the forward's _ea_ gives 1 there too); g meets u before s.
+    big = torch.finfo(s.dtype).max
+    u = torch.addcmul(_ONE.to(s), s, s).clamp_max_(big).reciprocal_()
+    g.mul_(u).mul_(s).mul_(u).mul_(2.0)
+    return s.square_().clamp_max_(big).mul_(u)
 
 
 def _squared_and_vjp_(s: Tensor, g: Tensor) -> Tensor:

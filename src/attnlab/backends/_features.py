@@ -54,7 +54,7 @@ def _state(phi_k: FeatureMap, k: Tensor, v1: Tensor, keep: Tensor | None) -> Ten
     """The state increment phi_k(k)^T v1 of a chunk of keys, removed keys zeroed."""
     f = phi_k(k)
     if keep is not None:
-        f = f * keep
+        f = torch.where(keep != 0, f * keep, 0.0)  # selected: a removed key may be NaN or inf
     return f.transpose(-1, -2) @ v1
 
 
@@ -67,9 +67,10 @@ def _chunk_output(fq, q, k, v1, state, keep, cfg, i0: int, i1: int) -> Tensor:
         return y
     a = intra(q, k) if intra is not None else fq @ phi_k(k).transpose(-1, -2)
     visible = causal_visible(i0, i1, i0 + k.shape[-2], q.device)[:, i0:]
-    a = a * visible
+    a = torch.where(visible, a, 0.0)  # selected, not multiplied: a future key may be NaN or inf
     if keep is not None:
-        a = a * keep.transpose(-1, -2)
+        kt = keep.transpose(-1, -2)
+        a = torch.where(kt != 0, a * kt, 0.0)
     return y + a @ v1
 
 
@@ -99,9 +100,11 @@ class _FeatureAttention(torch.autograd.Function):
         # The zero state, (F, D_v + 1) per state_lead: phi_k of no keys gives the feature count.
         state = _state(phi_k, k[..., :0, :], v1[..., :0, :], None).expand(*state_lead, -1, -1)
         states = []
+        # Causal: keys from L on are seen by no query (the masked-key rule): never touched, so that
+        # nothing they hold (a finite key whose features overflow) reaches a result; dk, dv = 0.
         if causal:
             for i0 in _chunks(L, chunk):
-                i1, j1 = min(L, i0 + chunk), min(S, i0 + chunk)
+                i1, j1 = min(L, i0 + chunk), min(S, i0 + chunk, L)
                 kp = keep[..., i0:j1, :] if keep is not None else None
                 kc, vc = k[..., i0:j1, :], v1[..., i0:j1, :]
                 states.append(state)
@@ -150,7 +153,7 @@ class _FeatureAttention(torch.autograd.Function):
         starts = _chunks(L, chunk)
         for c in reversed(range(len(starts))):
             i0 = starts[c]
-            i1, j1 = min(L, i0 + chunk), min(S, i0 + chunk)
+            i1, j1 = min(L, i0 + chunk), min(S, i0 + chunk, L)
             if i0 < S:
                 _state_backward(cfg, k, v1, keep, carry, dk, dv1, i0, j1)
             qc, kc, vc = (t[..., i0:i1 if t is q else j1, :].detach().requires_grad_(True) for t in (q, k, v1))

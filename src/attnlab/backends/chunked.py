@@ -29,10 +29,13 @@ from torch import Tensor
 from ..kernels import Kernel
 from ._common import (
     Problem,
+    all_finite,
     crosses_diagonal,
     dropout_multiplier,
     first_order_backward,
     fresh,
+    keys_finite,
+    needs_grad,
     normalizer,
     tile_visible,
     tile_weights,
@@ -74,14 +77,15 @@ def _tiles(
 
 
 def _tile_weights(kernel: Kernel, s: Tensor, mask: Tensor | None, causal: bool, ns: slice, hs: slice,
-                  i0: int, i1: int, k_end: int, row_max: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
+                  i0: int, i1: int, k_end: int, row_max: Tensor | None = None,
+                  select: bool = False) -> tuple[Tensor, Tensor | None]:
     """The kernel weights of a score tile, in place: the user mask through ``tile_weights``, the
     causal triangle only on the diagonal block (-inf before exp for softmax, 0 after f else)."""
     visible = tile_visible(mask, False, ns, hs, i0, i1, k_end, s.device)
     if causal and kernel.exponential and crosses_diagonal(i0, k_end):
         future = torch.arange(i0, k_end, device=s.device)[None, :] > torch.arange(i0, i1, device=s.device)[:, None]
         s[..., i0:].masked_fill_(future, float("-inf"))
-    a, rm = tile_weights(kernel, s, visible, row_max, inplace=True)
+    a, rm = tile_weights(kernel, s, visible, row_max, inplace=True, select=select)
     if causal and not kernel.exponential:
         _zero_future_(a, i0, k_end)
     return a, rm
@@ -97,7 +101,8 @@ def _zero_future_(t: Tensor, i0: int, k_end: int) -> None:
 
 class _ChunkedAttention(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, q, k, v, mask, kernel: Kernel, causal, scale, eps, tile_elements, block_q, dropout):
+    def forward(ctx, q, k, v, mask, kernel: Kernel, causal, scale, eps, tile_elements, block_q, dropout,
+                finite_keys=True):
         dtype = torch.float64 if q.dtype == torch.float64 else torch.float32
         qc, kc, vc = q.to(dtype), k.to(dtype), v.to(dtype)  # no copies for float32/64 inputs
         N, H, G, L, _ = q.shape
@@ -109,13 +114,25 @@ class _ChunkedAttention(torch.autograd.Function):
         # output plus a single tile.
         bn, bh, bq = _block_sizes((N, H, G, L, S), tile_elements, block_q, causal)
         buffer = torch.empty(min(bn, N) * min(bh, H) * G * min(bq, L) * S, dtype=dtype, device=q.device)
+        # The masked-key rule: the mask multiplies the weights (fast) while they are finite, and is
+        # selected (0 * inf = NaN) from the first tile whose row sums show a non-finite weight, or
+        # from the start, and in the backward, for a call with autograd and a non-finite key
+        # (where f(s) may be finite and f'(s) not: EA at s = inf).
+        masks_weights = mask is not None and not kernel.exponential
+        select = masks_weights and not finite_keys
         for ns, hs, i0, i1, k_end in _tiles((N, H, G, L, S), causal, tile_elements, block_q):
             # The scale goes on the small query tile, never on a copy of all of q.
             qt, kt = qc[ns, hs, :, i0:i1] * scale, kc[ns, hs, :, :k_end].transpose(-1, -2)
             shape = (*qt.shape[:-2], i1 - i0, k_end)  # k's group dim is 1: q's leading dims
             s = torch.matmul(qt, kt, out=buffer[: math.prod(shape)].view(shape))
-            a, rm = _tile_weights(kernel, s, mask, causal, ns, hs, i0, i1, k_end)
-            zt = normalizer(kernel, a.sum(dim=-1, keepdim=True), eps)
+            a, rm = _tile_weights(kernel, s, mask, causal, ns, hs, i0, i1, k_end, select=select)
+            row_sum = a.sum(dim=-1, keepdim=True)
+            if masks_weights and not select and not all_finite(row_sum):
+                select = True
+                s = torch.matmul(qt, kt, out=s)
+                a, rm = _tile_weights(kernel, s, mask, causal, ns, hs, i0, i1, k_end, select=True)
+                row_sum = a.sum(dim=-1, keepdim=True)
+            zt = normalizer(kernel, row_sum, eps)
             if dropout is not None:
                 a.mul_(dropout_multiplier(dropout, q.shape, ns, hs, i0, i1, k_end, a))
             out[ns, hs, :, i0:i1] = (a @ vc[ns, hs, :, :k_end]).div_(zt)
@@ -124,6 +141,7 @@ class _ChunkedAttention(torch.autograd.Function):
                 row_max[ns, hs, :, i0:i1] = rm
         ctx.save_for_backward(q, k, v, mask, out, z, row_max)
         ctx.config = (kernel, causal, scale, tile_elements, block_q, dropout)
+        ctx.select = select
         return out.to(q.dtype)
 
     @staticmethod
@@ -164,7 +182,7 @@ class _ChunkedAttention(torch.autograd.Function):
                 visible = tile_visible(mask, False, ns, hs, i0, i1, k_end, q.device)
                 for t in (a, ds):
                     if visible is not None:
-                        t.mul_(visible)
+                        t.masked_fill_(~visible, 0.0) if ctx.select else t.mul_(visible)
                     if causal:
                         _zero_future_(t, i0, k_end)
             if keep is not None:
@@ -173,7 +191,7 @@ class _ChunkedAttention(torch.autograd.Function):
             dq[ns, hs, :, i0:i1] = ds @ kt
             dk[ns, hs, :, :k_end] += _sum_groups(ds.transpose(-1, -2) @ qt)
         dq = dq.mul_(scale).to(q.dtype)
-        return dq, dk.to(k.dtype), dv.to(v.dtype), None, None, None, None, None, None, None, None
+        return dq, dk.to(k.dtype), dv.to(v.dtype), None, None, None, None, None, None, None, None, None
 
 
 def _sum_groups(x: Tensor) -> Tensor:
@@ -198,5 +216,6 @@ def chunked_attention(
     p = problem
     dropout = (p.dropout_p, p.dropout_seed) if p.dropout_p > 0 else None
     return _ChunkedAttention.apply(
-        p.q, p.k, p.v, p.mask, p.kernel, p.is_causal, p.scale, p.eps, tile_elements, block_q, dropout
+        p.q, p.k, p.v, p.mask, p.kernel, p.is_causal, p.scale, p.eps, tile_elements, block_q, dropout,
+        p.mask is None or p.kernel.exponential or not needs_grad(p) or keys_finite(p),
     )

@@ -10,6 +10,16 @@ Every other backend is a faster way to compute what this function computes::
 ``keep`` is the counter-based mask of ``_common.dropout_keep``; returned weights are p, before
 dropout.
 
+Masked keys are inert. "Zeroed" is a selection (``torch.where``), never a product with the
+mask, so a key hidden from a query (``attn_mask`` False, or a later key under ``is_causal``)
+never contributes to that query's output, whatever the key holds (NaN or +-inf included). A key
+hidden from every query of its batch element and key/value head (padding) is inert in full: where
+any key or value is non-finite, ``canonicalize`` sets such keys' k and v to 0 by selection
+(``_common.hide_unseen_keys``), so NaN or +-inf in their keys or values reaches no output and no
+gradient (their dk and dv are 0). Not covered: a non-finite value of a key that some query sees
+meets a zero weight in ``p @ v`` for the queries it is hidden from (0 * NaN = NaN), and a
+non-finite key a query cannot see may still make that query's dq NaN (dq = ds @ k).
+
 It materializes the (L, S) weights, so it can return them, and it is differentiated by
 autograd.
 """

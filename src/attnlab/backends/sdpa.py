@@ -1,8 +1,15 @@
 """The sdpa backend: torch's own ``scaled_dot_product_attention``, for the softmax kernel only.
 
-attnlab's semantics differ from SDPA's in two places, and this wrapper closes both gaps:
-a query with no visible key returns a zero row (SDPA may return NaN), and ``attn_mask`` and
-``is_causal`` may be combined (SDPA refuses; here the causal triangle is ANDed into the mask).
+attnlab's semantics differ from SDPA's in three places, and this wrapper closes the gaps:
+a query with no visible key returns a zero row (SDPA may return NaN), ``attn_mask`` and
+``is_causal`` may be combined (SDPA refuses; here the causal triangle is ANDed into the mask),
+and masked keys are inert (see ``reference.py``): SDPA adds -inf to the scores a bool
+``attn_mask`` hides, and NaN - inf = NaN, so a call with a mask whose keys are not all finite
+(padding keys are already zeroed by :func:`~attnlab.backends._common.hide_unseen_keys`; these
+are keys hidden from some queries only) runs on the ``chunked`` backend instead, which selects.
+The check is ``canonicalize``'s, or one sum over k, or, without autograd, one over SDPA's
+output. ``is_causal`` alone goes to SDPA as is: its kernels drop the future keys by selection
+(tested on CPU), so no check is made.
 
 Attention dropout is refused (:func:`sdpa_refusal`): SDPA's own dropout draws its mask from
 torch's Philox stream, which no other backend reproduces, so the same seed would give different
@@ -16,7 +23,16 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ._common import Problem, causal_visible, dropout_refusal, first_order_only
+from ._common import (
+    Problem,
+    all_finite,
+    causal_visible,
+    dropout_refusal,
+    first_order_only,
+    keys_finite,
+    needs_grad,
+)
+from .chunked import chunked_attention
 from .reference import reference_attention
 
 
@@ -45,6 +61,11 @@ def sdpa_attention(problem: Problem) -> Tensor:
                             S if mask.shape[4] > 1 else 1)
         if causal:
             mask, causal = mask & causal_visible(0, L, S, q.device), False
+    # A non-finite key some query must not see: chunked. Without autograd and without canonicalize's
+    # check (deferred), SDPA's output is checked instead of k (cheaper when decoding).
+    check_output = mask is not None and p.finite is None and not needs_grad(p)
+    if mask is not None and not check_output and not keys_finite(p):
+        return chunked_attention(problem)
     if S == 0 or q.numel() == 0:
         # SDPA's kernels reject empty inputs; the answer (zeros, or nothing) is the reference's.
         return reference_attention(problem)[0]
@@ -53,4 +74,6 @@ def sdpa_attention(problem: Problem) -> Tensor:
     )
     if mask is not None:
         out = torch.where(mask.any(dim=-1, keepdim=True), out, 0.0)
+        if check_output and not all_finite(out):  # after the zero rows, which SDPA may leave NaN
+            return chunked_attention(problem)
     return first_order_only(out.reshape(N, H, G, L, v.shape[-1]), "backend 'sdpa'")
