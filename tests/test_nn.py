@@ -106,3 +106,79 @@ def test_forward_rejects(call, error, match):
     args = {"query": x, "key": x, "value": x} | call
     with pytest.raises(error, match=match):
         mha(args.pop("query"), args.pop("key"), args.pop("value"), **args)
+
+
+# --- state_dict: torch.nn.MultiheadAttention's keys, both ways ------------------------------
+
+
+def _inputs(batch_first: bool, kdim, vdim):
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(3, 7, 16, generator=g, dtype=torch.float64)
+    k = torch.randn(3, 6, kdim or 16, generator=g, dtype=torch.float64)
+    v = torch.randn(3, 6, vdim or 16, generator=g, dtype=torch.float64)
+    if not batch_first:
+        x, k, v = (t.transpose(0, 1) for t in (x, k, v))
+    pad = torch.zeros(3, 6, dtype=torch.bool)
+    pad[1, 4:] = True
+    return x, k, v, pad
+
+
+def _assert_same_module_outputs(ours, theirs, batch_first, kdim, vdim):
+    x, k, v, pad = _inputs(batch_first, kdim, vdim)
+    for need_weights in (False, True):
+        with torch.no_grad():
+            out, w = ours(x, k, v, key_padding_mask=pad, need_weights=need_weights)
+            ref, ref_w = theirs(x, k, v, key_padding_mask=pad, need_weights=need_weights)
+        assert_close(out, ref)
+        if need_weights:
+            assert_close(w, ref_w)
+
+
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize(("kdim", "vdim"), [(None, None), (12, 10)], ids=["packed", "kdim-vdim"])
+@pytest.mark.parametrize("batch_first", [True, False])
+def test_loads_a_torch_state_dict_and_computes_what_torch_does(batch_first, kdim, vdim, bias):
+    torch.manual_seed(1)
+    theirs = torch.nn.MultiheadAttention(16, 4, bias=bias, kdim=kdim, vdim=vdim, batch_first=batch_first,
+                                         dtype=torch.float64)
+    ours = MultiheadAttention(16, 4, bias=bias, kdim=kdim, vdim=vdim, batch_first=batch_first, dtype=torch.float64)
+    ours.load_state_dict(theirs.state_dict(), strict=True)
+    _assert_same_module_outputs(ours, theirs, batch_first, kdim, vdim)
+    # Nested under a prefix, as in a model's state_dict.
+    outer = torch.nn.ModuleDict({"attn": MultiheadAttention(16, 4, bias=bias, kdim=kdim, vdim=vdim,
+                                                            batch_first=batch_first, dtype=torch.float64)})
+    outer.load_state_dict(torch.nn.ModuleDict({"attn": theirs}).state_dict(), strict=True)
+    _assert_same_module_outputs(outer["attn"], theirs, batch_first, kdim, vdim)
+
+
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize(("kdim", "vdim"), [(None, None), (12, 10)], ids=["packed", "kdim-vdim"])
+@pytest.mark.parametrize("batch_first", [True, False])
+def test_saves_a_state_dict_torch_loads_strictly(batch_first, kdim, vdim, bias):
+    torch.manual_seed(2)
+    ours = MultiheadAttention(16, 4, bias=bias, kdim=kdim, vdim=vdim, batch_first=batch_first, dtype=torch.float64)
+    theirs = torch.nn.MultiheadAttention(16, 4, bias=bias, kdim=kdim, vdim=vdim, batch_first=batch_first,
+                                         dtype=torch.float64)
+    saved = ours.state_dict()
+    assert list(saved) == list(theirs.state_dict())  # the same keys, in torch's order
+    theirs.load_state_dict(saved, strict=True)
+    _assert_same_module_outputs(ours, theirs, batch_first, kdim, vdim)
+    # ... and back: attnlab loads its own (torch-layout) state_dict, and its older q_proj.* keys.
+    again = MultiheadAttention(16, 4, bias=bias, kdim=kdim, vdim=vdim, batch_first=batch_first, dtype=torch.float64)
+    again.load_state_dict(saved, strict=True)
+    _assert_same_module_outputs(again, theirs, batch_first, kdim, vdim)
+    legacy = {f"{name}.{p}": t for name in ("q_proj", "k_proj", "v_proj", "out_proj")
+              for p, t in getattr(ours, name).state_dict().items()}
+    again.load_state_dict(legacy, strict=True)
+    _assert_same_module_outputs(again, theirs, batch_first, kdim, vdim)
+
+
+def test_grouped_query_weights_have_no_torch_layout_and_say_so():
+    gqa = MultiheadAttention(16, 4, num_kv_heads=2)
+    saved = gqa.state_dict()
+    assert "k_proj.weight" in saved and "in_proj_weight" not in saved  # attnlab's own keys
+    MultiheadAttention(16, 4, num_kv_heads=2).load_state_dict(saved, strict=True)
+    with pytest.raises(RuntimeError, match=r"grouped-query attention has no torch\.nn\.MultiheadAttention equivalent"):
+        gqa.load_state_dict(torch.nn.MultiheadAttention(16, 4).state_dict())
+    with pytest.raises(RuntimeError, match="add_bias_kv=True"):
+        MultiheadAttention(16, 4).load_state_dict(torch.nn.MultiheadAttention(16, 4, add_bias_kv=True).state_dict())

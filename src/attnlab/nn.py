@@ -14,6 +14,16 @@ The forward signature and mask conventions are torch's ``nn.MultiheadAttention``
 drops in: ``key_padding_mask`` True marks padding, and a bool ``attn_mask`` True marks a
 position that may NOT be attended (the opposite of ``attnlab.attention``'s mask, which follows
 SDPA). Unlike torch, ``is_causal=True`` needs no ``attn_mask``.
+
+Weights are torch's too: ``state_dict()`` has ``torch.nn.MultiheadAttention``'s keys
+(``in_proj_weight``, or ``q_proj_weight``/``k_proj_weight``/``v_proj_weight`` when kdim or vdim
+differ from embed_dim; ``in_proj_bias``; ``out_proj.weight``/``out_proj.bias``), so torch's
+module loads it with ``strict=True``, and ``load_state_dict`` takes torch's state dicts (and
+attnlab's older ``q_proj.weight``-style ones). The parameters themselves stay ``q_proj``,
+``k_proj``, ``v_proj`` (``nn.Linear``); the saved ``in_proj_*`` are concatenated copies. Grouped-
+query attention (``num_kv_heads != num_heads``) has no torch equivalent: such a module saves
+attnlab's own keys, and loading torch's weights into it fails with that reason. torch's
+``add_bias_kv`` (``bias_k``/``bias_v``) has no attnlab equivalent and is refused the same way.
 """
 
 from __future__ import annotations
@@ -95,6 +105,8 @@ class MultiheadAttention(nn.Module):
         self.k_proj = nn.Linear(kdim or embed_dim, kv_width, **kw)
         self.v_proj = nn.Linear(vdim or embed_dim, kv_width, **kw)
         self.out_proj = nn.Linear(embed_dim, embed_dim, **kw)
+        self.register_state_dict_post_hook(_save_torch_layout)
+        self.register_load_state_dict_pre_hook(_load_torch_layout)
 
     def forward(
         self,
@@ -185,3 +197,66 @@ class MultiheadAttention(nn.Module):
     def extra_repr(self) -> str:
         return (f"embed_dim={self.embed_dim}, num_heads={self.num_heads}, "
                 f"num_kv_heads={self.num_kv_heads}, kernel={self.kernel.name!r}")
+
+
+# --- torch.nn.MultiheadAttention's state_dict layout ---------------------------------------
+_PROJECTIONS = ("q_proj", "k_proj", "v_proj")
+#: torch's keys that attnlab's parameters correspond to (plus its add_bias_kv ones, refused).
+_TORCH_KEYS = ("in_proj_weight", "q_proj_weight", "k_proj_weight", "v_proj_weight", "in_proj_bias")
+_TORCH_ONLY_KEYS = ("bias_k", "bias_v")
+
+
+def _gqa_reason(module: MultiheadAttention) -> str:
+    return (f"num_kv_heads={module.num_kv_heads} != num_heads={module.num_heads}: grouped-query attention has no "
+            "torch.nn.MultiheadAttention equivalent")
+
+
+def _save_torch_layout(module: MultiheadAttention, state_dict, prefix: str, local_metadata) -> None:
+    """state_dict post-hook: q/k/v_proj.* become torch's in_proj_weight (or q/k/v_proj_weight when
+    kdim/vdim differ from embed_dim, as torch's ``_qkv_same_embed_dim``) and in_proj_bias, in
+    torch's key order; a grouped-query module keeps attnlab's keys."""
+    if module.num_kv_heads != module.num_heads:
+        return
+    weights = [state_dict.pop(f"{prefix}{name}.weight") for name in _PROJECTIONS]
+    biases = [state_dict.pop(f"{prefix}{name}.bias", None) for name in _PROJECTIONS]
+    rest = {key: state_dict.pop(key) for key in list(state_dict) if key.startswith(prefix + "out_proj.")}
+    if module.k_proj.in_features == module.v_proj.in_features == module.embed_dim:
+        state_dict[prefix + "in_proj_weight"] = torch.cat(weights)
+    else:
+        for name, weight in zip(_PROJECTIONS, weights, strict=True):
+            state_dict[f"{prefix}{name}_weight"] = weight
+    if biases[0] is not None:
+        state_dict[prefix + "in_proj_bias"] = torch.cat(biases)
+    state_dict.update(rest)
+
+
+def _load_torch_layout(module: MultiheadAttention, state_dict, prefix: str, local_metadata, strict,
+                       missing_keys, unexpected_keys, error_msgs) -> None:
+    """load_state_dict pre-hook: torch's keys (see :func:`_save_torch_layout`) become q/k/v_proj.*;
+    attnlab's own keys pass unchanged. What has no attnlab equivalent goes to ``error_msgs``, which
+    ``load_state_dict`` raises (strict or not)."""
+    found = [key for key in _TORCH_KEYS + _TORCH_ONLY_KEYS if prefix + key in state_dict]
+    if not found:
+        return
+    for key in _TORCH_ONLY_KEYS:
+        if prefix + key in state_dict:
+            error_msgs.append(f"{prefix}{key}: torch.nn.MultiheadAttention(add_bias_kv=True) has no "
+                              "attnlab.nn.MultiheadAttention equivalent")
+    if module.num_kv_heads != module.num_heads:
+        error_msgs.append(f"cannot load torch.nn.MultiheadAttention weights ({', '.join(prefix + k for k in found)}) "
+                          f"into attnlab.nn.MultiheadAttention: {_gqa_reason(module)}")
+        return
+    for key, suffix in (("in_proj_weight", "weight"), ("in_proj_bias", "bias")):
+        packed = state_dict.pop(prefix + key, None)
+        if packed is None:
+            continue
+        if packed.dim() == 0 or packed.shape[0] != 3 * module.embed_dim:
+            error_msgs.append(f"size mismatch for {prefix}{key}: got {tuple(packed.shape)}, expected dim 0 of "
+                              f"3 * embed_dim = {3 * module.embed_dim}")
+            continue
+        for name, part in zip(_PROJECTIONS, packed.chunk(3), strict=True):
+            state_dict[f"{prefix}{name}.{suffix}"] = part
+    for name in _PROJECTIONS:
+        weight = state_dict.pop(f"{prefix}{name}_weight", None)
+        if weight is not None:
+            state_dict[f"{prefix}{name}.weight"] = weight
