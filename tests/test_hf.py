@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 import subprocess
 import sys
@@ -220,3 +221,46 @@ def test_import_attnlab_does_not_import_transformers():
             "print('transformers' in sys.modules, 'yaml' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["False", "False"]
+
+
+@pytest.mark.parametrize("kind, pad_left", [("gpt2", True), ("bert", False)])
+def test_output_attentions_returns_the_weights(kind, pad_left):
+    """output_attentions=True gives one (B, H, L, S) weight tensor per layer, as eager does
+    (GPT-2 asks through transformers' output hooks, BERT also passes output_attentions)."""
+    model = build(kind, "eager")
+    idx, mask = inputs(pad_left)
+    with torch.no_grad():
+        eager = model(idx, attention_mask=mask, output_attentions=True).attentions
+        model.set_attn_implementation("attnlab-softmax")
+        ours = model(idx, attention_mask=mask, output_attentions=True).attentions
+        assert not model(idx, attention_mask=mask).attentions  # not asked: none materialized
+        model.set_attn_implementation("attnlab-expressive")
+        expressive = model(idx, attention_mask=mask, output_attentions=True).attentions
+    real = mask.bool()  # padded query rows are arbitrary in every implementation
+    assert len(ours) == len(eager) == len(expressive) == 2
+    for got, want, ea in zip(ours, eager, expressive, strict=True):
+        assert got.shape == want.shape == ea.shape == (3, 4, 10, 10)
+        assert max_error(got.transpose(1, 2)[real], want.transpose(1, 2)[real]) < 1e-5
+        sums = ea.transpose(1, 2)[real].sum(-1)  # sum / (sum + eps) per real query and head
+        assert (sums <= 1).all() and (sums > 0).all()
+        assert (ea[1][..., ~real[1]] == 0).all()  # no weight on padding keys
+
+
+def test_attention_forward_returns_the_reference_weights_when_asked():
+    g = torch.Generator().manual_seed(4)
+    q, k, v = (torch.randn(2, 4, 6, 8, generator=g, dtype=torch.float64) for _ in range(3))
+    mask = torch.rand(2, 1, 6, 6, generator=g) > 0.3
+    fn = functools.partial(attnlab.attention, kernel="expressive")
+    out, weights = hf.attention_forward(torch.nn.Module(), q, k, v, mask, attention_fn=fn, output_attentions=True)
+    want_out, want_weights = attnlab.attention(q, k, v, kernel="expressive", attn_mask=mask, return_weights=True,
+                                               backend="reference")
+    assert torch.equal(weights, want_weights) and torch.equal(out, want_out.transpose(1, 2))
+    assert hf.attention_forward(torch.nn.Module(), q, k, v, mask, attention_fn=fn)[1] is None
+
+
+def test_output_attentions_from_an_approximation_is_refused():
+    name = hf.register_approximation("top3", "topk", top_k=3, kernel="expressive")
+    model = build("gpt2", name)
+    idx, mask = inputs(pad_left=True)
+    with torch.no_grad(), pytest.raises(ValueError, match="method 'topk' cannot return attention weights"):
+        model(idx, attention_mask=mask, output_attentions=True)

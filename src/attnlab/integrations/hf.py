@@ -18,11 +18,17 @@ attend), or as None when the mask is a plain causal or full one (causality then 
 ``is_causal`` or ``module.is_causal``, as for SDPA). A float additive mask passed by hand is
 accepted when it holds only 0 (attend) and -inf or the dtype's minimum (blocked): any other
 bias has no counterpart in a non-exponential kernel and is refused.
+
+``output_attentions=True`` returns the weights, as eager attention does: the call then runs
+``attention(..., return_weights=True)`` (the ``reference`` backend, which materializes them;
+with dropout they are the weights before dropout). Approximations, which have no weights to
+return, refuse it with the reason.
 """
 
 from __future__ import annotations
 
 import functools
+import inspect
 from collections.abc import Callable
 from typing import Any
 
@@ -32,7 +38,8 @@ from torch import Tensor
 from ..functional import attention
 from ..kernels import available_kernels, get_kernel
 
-__all__ = ["attention_forward", "hf_mask_to_bool", "register", "register_approximation", "register_function"]
+__all__ = ["attention_forward", "hf_mask_to_bool", "register", "register_approximation", "register_function",
+           "weights_requested"]
 
 PREFIX = "attnlab-"
 
@@ -74,7 +81,7 @@ def attention_forward(
     *,
     attention_fn: Callable[..., Tensor] = attention,
     **kwargs: Any,
-) -> tuple[Tensor, None]:
+) -> tuple[Tensor, Tensor | None]:
     """An ``AttentionInterface`` function: (B, H, L, D) inputs in, (B, L, H, D) output out.
 
     Args:
@@ -91,12 +98,15 @@ def attention_forward(
             ``dropout_p`` when ``dropout > 0``.
 
     Returns:
-        (output (B, L, H, D), None): attnlab does not return weights here.
+        (output (B, L, H, D), weights (B, H, L, S) or None): the weights when the model asked for
+        them (``output_attentions=True``, see :func:`weights_requested`), else None.
 
     Raises:
         ValueError: ``softcap`` or ``position_bias`` given, a float mask with biases, or a
             dropout outside [0, 1).
         TypeError: ``dropout > 0`` for an ``attention_fn`` without ``dropout_p`` (approximations).
+        ValueError: weights requested from an ``attention_fn`` without a ``return_weights``
+            parameter (approximations).
     """
     for unsupported in ("softcap", "position_bias", "s_aux"):
         if kwargs.get(unsupported) is not None:
@@ -105,9 +115,39 @@ def attention_forward(
     causal = is_causal if is_causal is not None else getattr(module, "is_causal", True)
     causal = bool(causal) and mask is None and query.shape[2] > 1
     extra = {"dropout_p": dropout} if dropout else {}  # 0 and None: no dropout, any attention_fn
+    if weights_requested(kwargs):
+        if "return_weights" not in inspect.signature(attention_fn).parameters:
+            raise ValueError(f"output_attentions=True: {_name(attention_fn)} cannot return attention weights "
+                             "(an approximation materializes none); use attn_implementation='attnlab-<kernel>' "
+                             "or 'eager' for them, or output_attentions=False")
+        extra["return_weights"] = True
     out = attention_fn(query, key, value, attn_mask=mask, is_causal=causal, scale=scaling,
                        enable_gqa=query.shape[1] != key.shape[1], **extra)
-    return out.transpose(1, 2).contiguous(), None
+    out, weights = out if isinstance(out, tuple) else (out, None)
+    return out.transpose(1, 2).contiguous(), weights
+
+
+def weights_requested(kwargs: dict[str, Any]) -> bool:
+    """Whether the calling transformers model asked for attention weights (``output_attentions``):
+    transformers < 5 passes ``output_attentions`` to the attention function, and so do some
+    models of 5.x (BERT); the others (GPT-2, Llama) record the attention modules' second output
+    through hooks that are active only while weights are asked for, which this checks
+    (``transformers.utils.output_capturing``)."""
+    if kwargs.get("output_attentions"):
+        return True
+    try:
+        from transformers.utils.output_capturing import _active_collector
+    except ImportError:  # an older transformers: output_attentions arrives in kwargs
+        return False
+    collecting = _active_collector.get()
+    return bool(collecting) and ("attentions" in collecting or "cross_attentions" in collecting)
+
+
+def _name(fn: Callable[..., Any]) -> str:
+    inner = fn.func if isinstance(fn, functools.partial) else fn
+    keywords = getattr(fn, "keywords", {})
+    what = f"method {keywords['method']!r}" if "method" in keywords else getattr(inner, "__name__", repr(inner))
+    return f"attention function {what}"
 
 
 def register_function(name: str, fn: Callable[..., tuple[Tensor, None]]) -> str:
