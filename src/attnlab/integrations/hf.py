@@ -102,11 +102,10 @@ def attention_forward(
         them (``output_attentions=True``, see :func:`weights_requested`), else None.
 
     Raises:
-        ValueError: ``softcap`` or ``position_bias`` given, a float mask with biases, or a
-            dropout outside [0, 1).
+        ValueError: ``softcap`` or ``position_bias`` given, a float mask with biases, a
+            dropout outside [0, 1), or weights requested from an ``attention_fn`` without a
+            ``return_weights`` parameter (approximations).
         TypeError: ``dropout > 0`` for an ``attention_fn`` without ``dropout_p`` (approximations).
-        ValueError: weights requested from an ``attention_fn`` without a ``return_weights``
-            parameter (approximations).
     """
     for unsupported in ("softcap", "position_bias", "s_aux"):
         if kwargs.get(unsupported) is not None:
