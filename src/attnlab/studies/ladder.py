@@ -166,9 +166,9 @@ def cell_key(task: str, level: int, kernel: str, seed: int) -> str:
 
 
 def _run_config(p: LadderPreset, task: str, level: int, kernel: str, seed: int, out_dir: Path):
+    from ..config import DataConfig, RunConfig, TrainConfig
     from ..data.tasks import task_config
     from ..models import ModelConfig
-    from ..config import DataConfig, RunConfig, TrainConfig
 
     spec = task_config(task, level, seed=seed)
     model = ModelConfig(kind="causal", vocab_size=spec.vocab_size, context=spec.seq_len, n_layers=p.n_layers,
