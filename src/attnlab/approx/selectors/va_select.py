@@ -38,7 +38,7 @@ from ..._checks import check_int
 from ..value_aware import _refit
 from .harness import Context, Picked, key_bytes, take
 
-DESIGNS = ("refit", "greedy", "greedy-all")
+DESIGNS = ("auto", "refit", "greedy", "greedy-all")
 SKETCHES = ("pca", "page", "none")
 
 
@@ -47,15 +47,17 @@ def _sketch(ctx: Context, kind: str, m: int, page_size: int):
     v = ctx.v
     Dv = v.shape[-1]
     if kind == "none":
-        return torch.zeros_like(v), torch.zeros(ctx.n_visible.shape, dtype=torch.float64)
+        return torch.zeros_like(v), torch.zeros(ctx.n_visible.shape, dtype=torch.float64), None
     if kind == "pca":
         mu = v.mean(-2, keepdim=True)
         vc = v - mu
         m = min(m, Dv)
-        _, vecs = torch.linalg.eigh(vc.transpose(-1, -2) @ vc)  # ascending eigenvalues
+        vals, vecs = torch.linalg.eigh(vc.transpose(-1, -2) @ vc)  # ascending eigenvalues
         U = vecs[..., -m:]
         approx = mu + (vc @ U) @ U.transpose(-1, -2)
-        return approx, key_bytes(ctx, m * ctx.itemsize) + (m + 1) * Dv * ctx.itemsize
+        total = vals.clamp_min(0).sum(-1)
+        explained = vals[..., -m:].clamp_min(0).sum(-1) / total.clamp_min(torch.finfo(v.dtype).tiny)  # (N, H, 1)
+        return approx, key_bytes(ctx, m * ctx.itemsize) + (m + 1) * Dv * ctx.itemsize, explained
     S = v.shape[-2]
     n_pages = -(-S // page_size)
     page = torch.arange(S, device=v.device) // page_size
@@ -64,7 +66,7 @@ def _sketch(ctx: Context, kind: str, m: int, page_size: int):
     means = sums / counts.unsqueeze(-1)
     pad = n_pages * page_size - S
     visp = torch.nn.functional.pad(ctx.visible, (0, pad)).reshape(*ctx.visible.shape[:-1], n_pages, -1).any(-1)
-    return means[..., page, :], visp.sum(-1).double() * Dv * ctx.itemsize
+    return means[..., page, :], visp.sum(-1).double() * Dv * ctx.itemsize, None
 
 
 def _greedy_extend(W: torch.Tensor, b0: torch.Tensor, Wc: torch.Tensor, valid: torch.Tensor, steps: int):
@@ -89,9 +91,23 @@ def _greedy_extend(W: torch.Tensor, b0: torch.Tensor, Wc: torch.Tensor, valid: t
     return torch.stack(picks, -1), b
 
 
-def va_select(ctx: Context, top_k: int, *, design: str = "refit", sketch: str = "pca", sketch_dim: int = 4,
-              head_fraction: float = 0.5, candidates: int = 4, page_size: int = 16) -> Picked:
+def va_select(ctx: Context, top_k: int, *, design: str = "auto", sketch: str = "pca", sketch_dim: int = 4,
+              head_fraction: float = 0.5, candidates: int = 4, page_size: int = 16,
+              explained: float = 0.9) -> Picked:
     """Practical value-aware selection (see the module docstring)."""
+    if design == "auto":
+        if sketch != "pca":
+            raise ValueError(f"design 'auto' needs sketch 'pca', got sketch {sketch!r}")
+        if isinstance(explained, bool) or not isinstance(explained, (int, float)) or not 0 <= explained <= 1:
+            raise ValueError(f"explained must be in [0, 1], got {explained!r}")
+        opts = dict(sketch=sketch, sketch_dim=sketch_dim, head_fraction=head_fraction, candidates=candidates,
+                    page_size=page_size)
+        _, _, ratio = _sketch(ctx, sketch, check_int("sketch_dim", sketch_dim, 1), 1)
+        good = (ratio >= explained).reshape(*ratio.shape[:2], 1, 1, 1)  # per (batch, head)
+        picks = [va_select(ctx, top_k, design=d, **opts) for d in ("greedy", "refit")]
+        g, r = picks
+        return Picked(used=torch.where(good, g.used, r.used), coef=torch.where(good, g.coef, r.coef),
+                      read=torch.where(good, g.read, r.read), summary_bytes=g.summary_bytes, scores_all=True)
     if design not in DESIGNS:
         raise ValueError(f"design must be one of {DESIGNS}, got {design!r}")
     if sketch not in SKETCHES:
@@ -101,7 +117,7 @@ def va_select(ctx: Context, top_k: int, *, design: str = "refit", sketch: str = 
     P = check_int("page_size", page_size, 1)
     if isinstance(head_fraction, bool) or not isinstance(head_fraction, (int, float)) or not 0 < head_fraction <= 1:
         raise ValueError(f"head_fraction must be in (0, 1], got {head_fraction!r}")
-    vt, summary = _sketch(ctx, sketch, m, P)
+    vt, summary, _ = _sketch(ctx, sketch, m, P)
     a, vis = ctx.a, ctx.visible
     crit = ctx.s if ctx.kernel.exponential else a
     k1 = top_k if design == "refit" else max(1, min(top_k, math.ceil(top_k * head_fraction)))
