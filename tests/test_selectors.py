@@ -296,3 +296,19 @@ def test_compare_reports_errors_and_gap_closed_per_method_and_budget():
         assert r["rows_read"] <= r["budget"]
     with pytest.raises(ValueError, match="mode must be"):
         compare(q, k, v, methods=["topk"], budgets=[4], mode="train")
+
+
+def test_registered_approximation_lists_and_checks_the_method_options():
+    import inspect
+
+    from attnlab.approx.registry import approximate_attention as front
+    from attnlab.approx.registry import get_approximation
+
+    params = inspect.signature(get_approximation("quest")).parameters
+    assert "page_size" in params and "top_k" in params and "seed" in params
+    assert "``quest``" in front.__doc__ and "page_size=16" in front.__doc__
+    q, k, v = _qkv()
+    with pytest.raises(TypeError, match="'page_size' is not accepted by method 'h2o'"):
+        front(q, k, v, method="h2o", top_k=4, page_size=4)
+    a = front(q, k, v, method="vattention", top_k=4, generator=torch.Generator().manual_seed(2))
+    torch.testing.assert_close(a, select(q, k, v, method="vattention", top_k=4, seed=2).output)

@@ -39,6 +39,7 @@ against oracle top-k and the value-aware oracle (``va-greedy``) over budgets, in
 
 from __future__ import annotations
 
+import inspect
 import math
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -294,6 +295,10 @@ def make_approximation(name: str) -> Callable[..., Tensor]:
                       seed=seed, **options).output
 
     fn = SELECTORS[name].fn
+    # the signature shows (and approximate_attention checks) the method's own options by name
+    base = [p for p in inspect.signature(approximation).parameters.values() if p.kind is not p.VAR_KEYWORD]
+    own = list(inspect.signature(fn).parameters.values())[2:]  # after ctx, top_k
+    approximation.__signature__ = inspect.Signature(base + own, return_annotation=Tensor)
     approximation.__name__ = approximation.__qualname__ = name.replace("-", "_") + "_attention"
     approximation.__module__ = fn.__module__
     approximation.__doc__ = (f"Selector {name!r} through :func:`attnlab.approx.selectors.select` "
