@@ -1,4 +1,4 @@
-"""Feature-map and low-rank approximations (performer, linear, cosformer, nystrom), registry."""
+"""Feature-map and low-rank approximations (performer, elu-linear, cosformer, nystrom), registry."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ import attnlab
 from attnlab.approx import registry
 from attnlab.approx.features import (
     cosformer_attention,
+    elu_linear_attention,
     feature_attention,
     linear_attention,
     orthogonal_random_features,
@@ -67,13 +68,13 @@ def _cos_features(x, M):
 
 
 @pytest.mark.parametrize("case", FEATURE_CASES, ids=lambda c: c.id)
-@pytest.mark.parametrize("method", ["linear", "cosformer"])
+@pytest.mark.parametrize("method", ["elu-linear", "cosformer"])
 def test_linear_and_cosformer_equal_materialized_reference(method, case: Case):
     q, k, v, mask = case.make(requires_grad=True)
     kr, vr = _repeat(case, k, v)
-    if method == "linear":
+    if method == "elu-linear":
         phi_q, phi_k = F.elu(q) + 1, F.elu(kr) + 1
-        fn = linear_attention
+        fn = elu_linear_attention
     else:
         M = max(q.shape[-2], k.shape[-2])
         phi_q, phi_k = _cos_features(q, M), _cos_features(kr, M)
@@ -209,13 +210,26 @@ def test_nystrom_gradcheck():
 
 
 def test_registry_dispatches_by_name():
-    assert set(available_approximations()) >= {"topk", "performer", "linear", "cosformer",
+    assert set(available_approximations()) >= {"topk", "performer", "elu-linear", "cosformer",
                                                 "nystrom"}
     q, k, v, mask = Case(causal=True, mask="padding").make()
     got = approximate_attention(q, k, v, method="topk", top_k=3, attn_mask=mask, is_causal=True)
     torch.testing.assert_close(got, topk_attention(q, k, v, top_k=3, attn_mask=mask,
                                                    is_causal=True), **TIGHT)
-    assert get_approximation("linear") is linear_attention
+    assert get_approximation("elu-linear") is elu_linear_attention
+    assert get_approximation("linear") is linear_attention  # the deprecated alias
+
+
+def test_linear_is_a_deprecated_alias_of_elu_linear():
+    q, k, v, mask = Case(causal=True, mask="padding").make()
+    want = elu_linear_attention(q, k, v, attn_mask=mask, is_causal=True)
+    with pytest.warns(DeprecationWarning, match="'elu-linear'"):
+        got = approximate_attention(q, k, v, method="linear", attn_mask=mask, is_causal=True)
+    torch.testing.assert_close(got, want, rtol=0, atol=0)
+    with pytest.warns(DeprecationWarning, match="elu_linear_attention"):
+        torch.testing.assert_close(linear_attention(q, k, v, attn_mask=mask, is_causal=True), want, rtol=0, atol=0)
+    with pytest.raises(TypeError, match="option 'top_k' is not accepted by method 'linear'"):
+        approximate_attention(q, k, v, method="linear", top_k=3)
 
 
 def test_register_approximation(monkeypatch):
@@ -251,13 +265,13 @@ def _kwargs_error_cases():
         ("performer", {"generator": 3}, TypeError, "generator must be a torch.Generator"),
         ("performer", {"num_features": 0}, ValueError, "num_features must be >= 1"),
         ("performer", {"chunk_size": 0}, ValueError, "chunk_size must be >= 1"),
-        ("linear", {"scale": 0.5}, ValueError, "scale: method 'linear'"),
-        ("linear", {"attn_mask": full}, ValueError, "attn_mask: method 'linear'"),
-        ("linear", {"chunk_size": 1.0}, TypeError, "chunk_size must be an int"),
+        ("elu-linear", {"scale": 0.5}, ValueError, "scale: method 'elu-linear'"),
+        ("elu-linear", {"attn_mask": full}, ValueError, "attn_mask: method 'elu-linear'"),
+        ("elu-linear", {"chunk_size": 1.0}, TypeError, "chunk_size must be an int"),
         ("cosformer", {"scale": 0.5}, ValueError, "scale: method 'cosformer'"),
         ("cosformer", {"attn_mask": full}, ValueError, "attn_mask: method 'cosformer'"),
         ("topk", {"top_k": 0}, ValueError, "top_k must be >= 1"),
-        ("linear", {"top_k": 3}, TypeError, "option 'top_k' is not accepted by method 'linear'"),
+        ("elu-linear", {"top_k": 3}, TypeError, "option 'top_k' is not accepted by method 'elu-linear'"),
         ("nystrom", {"eps": 0.1}, TypeError, "option 'eps' is not accepted by method 'nystrom'"),
         ("fourier", {}, ValueError, r"method must be one of \['topk'"),
         (3, {}, TypeError, "method must be a str"),

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import functools
+import warnings
+from collections.abc import Callable, Mapping
+from typing import Any
 
 
 def check_int(name: str, value: object, low: int | None = None, high: int | None = None) -> int:
@@ -49,3 +52,17 @@ def check_registration(kind: str, registry: Mapping[str, object], name: object, 
         raise TypeError(f"{fn_name} must be callable, got {type(fn).__name__}")
     if name in registry and not overwrite:
         raise ValueError(f"{kind} {name!r} is already registered; pass overwrite=True to replace it")
+
+
+def deprecated_alias(fn: Callable[..., Any], qualname: str, message: str) -> Callable[..., Any]:
+    """``fn`` under an old name (``qualname``, e.g. ``"linear_attention"``): the same call and
+    signature, with ``DeprecationWarning(message)`` each time it is called."""
+
+    @functools.wraps(fn)
+    def alias(*args: Any, **kwargs: Any) -> Any:
+        warnings.warn(message, DeprecationWarning, stacklevel=2)
+        return fn(*args, **kwargs)
+
+    alias.__name__, alias.__qualname__ = qualname.rpartition(".")[2], qualname
+    alias.__doc__ = f"Deprecated: {message}."
+    return alias

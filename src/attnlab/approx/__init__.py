@@ -3,7 +3,8 @@
 Two families, each with a registry by name:
 
 - practical methods with :func:`attnlab.attention`'s signature (``topk``, ``performer``,
-  ``linear``, ``cosformer``, ``nystrom``): :func:`approximate_attention`;
+  ``elu-linear``, ``cosformer``, ``nystrom``; ``linear`` is elu-linear's deprecated alias):
+  :func:`approximate_attention`;
 - r-sparse oracles for analysis, which need the exact weights (``topr``, ``topr-l2``,
   ``va-greedy``, ``va-swap``, ``va-exact``, ``omp``): :func:`approximate_output` on (p, V), and
   :func:`oracle_attention` with :func:`attnlab.attention`'s signature.

@@ -1,4 +1,4 @@
-"""Feature-map (linear-time) attention: performer, linear, cosformer.
+"""Feature-map (linear-time) attention: performer, elu-linear, cosformer.
 
 Each method maps queries and keys to non-negative features phi and computes (shapes: see
 :mod:`attnlab.functional`; F = number of features)::
@@ -14,8 +14,9 @@ chunk (:func:`feature_attention`): quadratic with a causal triangle inside a chu
 - ``performer`` (FAVOR+, Choromanski et al. 2021): phi(x) = exp(w_r . x' - abs(x')^2 / 2) /
   sqrt(F) with x' = sqrt(scale) x and random w_r; phi(q).phi(k) is an unbiased estimate of
   exp(scale q.k), so this approximates softmax attention (only softmax). Causal: yes.
-- ``linear`` (Katharopoulos et al. 2020): phi(x) = elu(x) + 1. Defines its own kernel
-  phi(q).phi(k) (no ``scale``). Causal: yes.
+- ``elu-linear`` (Katharopoulos et al. 2020; ``linear`` before, a deprecated alias now, since
+  ``linear`` is also the exact squared-kernel backend): phi(x) = elu(x) + 1. Defines its own
+  kernel phi(q).phi(k) (no ``scale``). Causal: yes.
 - ``cosformer`` (Qin et al. 2022): phi(x_i) = [relu(x_i) cos t_i, relu(x_i) sin t_i] with
   t_i = pi i / (2M), M = max(L, S). Defines its own kernel relu(q_i).relu(k_j) cos(t_i - t_j)
   (no ``scale``). Causal: yes.
@@ -27,12 +28,13 @@ broadcastable to (B..., H, 1, S)): masked keys get phi = 0. Any other mask raise
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .._checks import check_int
+from .._checks import check_int, deprecated_alias
 from ..backends._common import Problem
 from ..backends._features import chunked_feature_attention
 from ..functional import canonicalize
@@ -40,6 +42,7 @@ from ..kernels import Kernel, get_kernel
 
 __all__ = [
     "cosformer_attention",
+    "elu_linear_attention",
     "feature_attention",
     "linear_attention",
     "orthogonal_random_features",
@@ -138,11 +141,6 @@ def _finish(problem: Problem, phi_q, phi_k, keep, out_shape, chunk_size) -> Tens
     return out.to(problem.q.dtype).reshape(out_shape)
 
 
-def _no_scale(method: str, scale: object) -> None:
-    if scale is not None:
-        raise ValueError(f"scale: method {method!r} defines its own kernel and has no score scale")
-
-
 def performer_attention(
     query: Tensor,
     key: Tensor,
@@ -210,49 +208,63 @@ def performer_attention(
     return _finish(p, phi_q, phi_k, keep, out_shape, chunk_size)
 
 
-def linear_attention(
-    query: Tensor,
-    key: Tensor,
-    value: Tensor,
-    *,
-    attn_mask: Tensor | None = None,
-    is_causal: bool = False,
-    scale: float | None = None,
-    enable_gqa: bool = False,
-    eps: float = 1e-6,
-    chunk_size: int = 64,
-) -> Tensor:
-    """Linear attention with phi(x) = elu(x) + 1 (Katharopoulos et al. 2020).
+def _own_kernel_method(name: str, method: str, features: Callable[[Problem], tuple[Tensor, Tensor]],
+                       doc: str) -> Callable[..., Tensor]:
+    """A method whose features define its own kernel (no ``scale``): one signature, checks and
+    engine for ``elu-linear`` and ``cosformer``; ``features(problem)`` returns (phi_q, phi_k)."""
+
+    def fn(
+        query: Tensor,
+        key: Tensor,
+        value: Tensor,
+        *,
+        attn_mask: Tensor | None = None,
+        is_causal: bool = False,
+        scale: float | None = None,
+        enable_gqa: bool = False,
+        eps: float = 1e-6,
+        chunk_size: int = 64,
+    ) -> Tensor:
+        if scale is not None:
+            raise ValueError(f"scale: method {method!r} defines its own kernel and has no score scale")
+        check_int("chunk_size", chunk_size, 1)
+        p, out_shape, keep = _prepare(method, query, key, value, attn_mask, is_causal, None, enable_gqa, eps)
+        return _finish(p, *features(p), keep, out_shape, chunk_size)
+
+    fn.__name__ = fn.__qualname__ = name
+    fn.__doc__ = doc
+    return fn
+
+
+def _elu_features(p: Problem) -> tuple[Tensor, Tensor]:
+    dtype = p.compute_dtype
+    return F.elu(p.q.to(dtype)) + 1.0, F.elu(p.k.to(dtype)) + 1.0
+
+
+def _cosformer_features(p: Problem) -> tuple[Tensor, Tensor]:
+    dtype = p.compute_dtype
+    M = max(p.q.shape[-2], p.k.shape[-2], 1)
+
+    def phi(x: Tensor) -> Tensor:
+        t = torch.arange(x.shape[-2], device=x.device, dtype=dtype)[:, None] * (math.pi / (2 * M))
+        r = torch.relu(x.to(dtype))
+        return torch.cat([r * torch.cos(t), r * torch.sin(t)], dim=-1)
+
+    return phi(p.q), phi(p.k)
+
+
+elu_linear_attention = _own_kernel_method("elu_linear_attention", "elu-linear", _elu_features, """\
+Linear attention with phi(x) = elu(x) + 1 (Katharopoulos et al. 2020): method ``elu-linear``.
 
     The kernel is phi(q).phi(k), not an approximation of softmax; ``scale`` must stay None.
     Causal and key-padding masks are supported; arguments as :func:`performer_attention`.
 
     Raises:
         ValueError: ``scale`` given; a mask that is not key padding; ``chunk_size`` < 1.
-    """
-    _no_scale("linear", scale)
-    check_int("chunk_size", chunk_size, 1)
-    p, out_shape, keep = _prepare(
-        "linear", query, key, value, attn_mask, is_causal, None, enable_gqa, eps
-    )
-    dtype = p.compute_dtype
-    phi_q, phi_k = (F.elu(x.to(dtype)) + 1.0 for x in (p.q, p.k))
-    return _finish(p, phi_q, phi_k, keep, out_shape, chunk_size)
+    """)
 
-
-def cosformer_attention(
-    query: Tensor,
-    key: Tensor,
-    value: Tensor,
-    *,
-    attn_mask: Tensor | None = None,
-    is_causal: bool = False,
-    scale: float | None = None,
-    enable_gqa: bool = False,
-    eps: float = 1e-6,
-    chunk_size: int = 64,
-) -> Tensor:
-    """cosFormer attention (Qin et al. 2022): relu features re-weighted by position.
+cosformer_attention = _own_kernel_method("cosformer_attention", "cosformer", _cosformer_features, """\
+cosFormer attention (Qin et al. 2022): relu features re-weighted by position.
 
     Weight of key j for query i: relu(q_i).relu(k_j) cos(pi (i - j) / (2M)), M = max(L, S),
     positive since abs(i - j) < M; computed from the 2D features of the module doc by
@@ -261,19 +273,11 @@ def cosformer_attention(
 
     Raises:
         ValueError: ``scale`` given; a mask that is not key padding; ``chunk_size`` < 1.
-    """
-    _no_scale("cosformer", scale)
-    check_int("chunk_size", chunk_size, 1)
-    p, out_shape, keep = _prepare(
-        "cosformer", query, key, value, attn_mask, is_causal, None, enable_gqa, eps
-    )
-    dtype = p.compute_dtype
-    L, S = p.q.shape[-2], p.k.shape[-2]
-    M = max(L, S, 1)
+    """)
 
-    def phi(x: Tensor) -> Tensor:
-        t = torch.arange(x.shape[-2], device=x.device, dtype=dtype)[:, None] * (math.pi / (2 * M))
-        r = torch.relu(x.to(dtype))
-        return torch.cat([r * torch.cos(t), r * torch.sin(t)], dim=-1)
-
-    return _finish(p, phi(p.q), phi(p.k), keep, out_shape, chunk_size)
+#: Deprecated (the exact ``linear`` backend has the name): :func:`elu_linear_attention`, also
+#: registered as method ``linear`` so that ``method="linear"`` keeps working, with a warning.
+linear_attention = deprecated_alias(
+    elu_linear_attention, "linear_attention",
+    "approximation 'linear' (attnlab.approx.features.linear_attention) is deprecated: it is named "
+    "'elu-linear' (elu_linear_attention) now, as backend 'linear' is the exact squared kernel")

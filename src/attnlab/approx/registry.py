@@ -8,9 +8,12 @@ options, and returns the (B..., H, L, D_v) output. Built-ins:
 |---|---|---|---|
 | ``topk`` | :func:`attnlab.approx.topk.topk_attention` | any kernel (exact at top_k >= S) | yes |
 | ``performer`` | :func:`attnlab.approx.features.performer_attention` | softmax | yes |
-| ``linear`` | :func:`attnlab.approx.features.linear_attention` | its own kernel | yes |
+| ``elu-linear`` | :func:`attnlab.approx.features.elu_linear_attention` | its own kernel | yes |
 | ``cosformer`` | :func:`attnlab.approx.features.cosformer_attention` | its own kernel | yes |
 | ``nystrom`` | :func:`attnlab.approx.lowrank.nystrom_attention` | softmax | no |
+
+``linear`` is a deprecated alias of ``elu-linear`` (it warns): backend ``linear`` is the exact
+squared kernel.
 
 Example:
     >>> import torch
@@ -28,7 +31,7 @@ from collections.abc import Callable
 from torch import Tensor
 
 from .._checks import check_registration
-from .features import cosformer_attention, linear_attention, performer_attention
+from .features import cosformer_attention, elu_linear_attention, linear_attention, performer_attention
 from .lowrank import nystrom_attention
 from .topk import topk_attention
 
@@ -144,9 +147,10 @@ def _refresh_doc() -> None:
 for _name, _fn in [
     ("topk", topk_attention),
     ("performer", performer_attention),
-    ("linear", linear_attention),
+    ("elu-linear", elu_linear_attention),
     ("cosformer", cosformer_attention),
     ("nystrom", nystrom_attention),
+    ("linear", linear_attention),  # deprecated alias of elu-linear (warns)
 ]:
     register_approximation(_name, _fn)
 
