@@ -2,7 +2,7 @@
 plus its summaries, and reports what it read (DESIGN.md section 10, issue 14).
 
 A selector is ``fn(ctx, top_k, **options) -> Picked``. :class:`Context` holds one validated call
-in attnlab's canonical layout (see :mod:`attnlab.backends._common`): q (N, H_kv, G, L, D), k
+in attnlab's canonical layout (see :mod:`attnlab.problem`): q (N, H_kv, G, L, D), k
 (N, H_kv, 1, S, D), v (N, H_kv, 1, S, D_v), the exact scores ``s = scale * q.k``, the visibility
 (mask AND causal, True = may attend) and the kernel weights ``a = f(s)`` (softmax: ``exp(s - m)``
 with m the row maximum over visible keys; ``a = 0`` on invisible keys). A selector may *look* at

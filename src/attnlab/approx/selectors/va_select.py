@@ -41,7 +41,7 @@ at budgets 4, 8, 16, 32, 64 (designs tuned on seed 0; ``auto`` below is on held-
     refit, pca-4           .25 .38 .64 .77 .73          .63 .89 .94  .96  .96
     greedy, pca-4          .22 .31 .53 .59 .46          .96 .93 .93  .93  .91
     greedy, page means     .17 .29 .49 .51 .36          .52 .65 .61  .51  .33
-    greedy-all, pca-4      .15 .24 .50 .59 .46          .97 .91 .91  .93  .91
+    greedy-all, pca-4      .15 .24 .50 .59 .46          .97 .91 .91  .93  .91  (lowrank: no mean)
     auto (seed 1)          .24 .38 .62 .76 .73          .96 .94 .94  .96  .96
     (seed 1: iid tau=2 topk .73 -> auto .28 at k=16; lowrank tau=2 topk .656 -> .126 at k=4,
      va-greedy .105; tau=1 and tau=4 behave alike: auto closes .17-.81 (iid), .92-1.0 (lowrank))
