@@ -196,7 +196,7 @@ def test_unsupported_kwargs_and_names():
 
 
 def test_approximation_with_all_keys_equals_exact():
-    name = hf.register_approximation("all10", "topk", top_k=10, kernel="expressive")
+    name = hf.register_approximate_attention("all10", "topk", top_k=10, kernel="expressive")
     assert name == "attnlab-approx-all10"
     idx, mask = inputs(pad_left=True)
     model = build("llama", "attnlab-expressive")
@@ -204,15 +204,23 @@ def test_approximation_with_all_keys_equals_exact():
         exact = model(idx, attention_mask=mask).logits
         model.set_attn_implementation(name)
         approx = model(idx, attention_mask=mask).logits
-        few = hf.register_approximation("top2", "topk", top_k=2, kernel="expressive")
+        few = hf.register_approximate_attention("top2", "topk", top_k=2, kernel="expressive")
         model.set_attn_implementation(few)
         sparse = model(idx, attention_mask=mask).logits
     real = mask.bool()
     assert max_error(approx[real], exact[real]) < 1e-5
     assert max_error(sparse[real], exact[real]) > 1e-4  # a real approximation changes the result
     with pytest.raises(ValueError):
-        hf.register_approximation("x", "no-such-method")
+        hf.register_approximate_attention("x", "no-such-method")
     with pytest.raises(TypeError, match="name must be a non-empty str"):
+        hf.register_approximate_attention("", "topk")
+
+
+def test_register_approximation_is_a_deprecated_alias():
+    with pytest.warns(DeprecationWarning, match="register_approximate_attention"):
+        name = hf.register_approximation("old5", "topk", top_k=5)
+    assert name == "attnlab-approx-old5"
+    with pytest.warns(DeprecationWarning), pytest.raises(TypeError, match="name must be a non-empty str"):
         hf.register_approximation("", "topk")
 
 
@@ -259,7 +267,7 @@ def test_attention_forward_returns_the_reference_weights_when_asked():
 
 
 def test_output_attentions_from_an_approximation_is_refused():
-    name = hf.register_approximation("top3", "topk", top_k=3, kernel="expressive")
+    name = hf.register_approximate_attention("top3", "topk", top_k=3, kernel="expressive")
     model = build("gpt2", name)
     idx, mask = inputs(pad_left=True)
     with torch.no_grad(), pytest.raises(ValueError, match="method 'topk' cannot return attention weights"):

@@ -1,8 +1,10 @@
 """Hugging Face transformers: run any attnlab kernel or approximation inside a transformers model.
 
 :func:`register` adds one attention function per kernel to transformers' ``AttentionInterface``
-(``"attnlab-softmax"``, ``"attnlab-expressive"``, ...), and :func:`register_approximation` adds
-``"attnlab-approx-<name>"`` for an approximation of ``attnlab.approx.registry``. A model then
+(``"attnlab-softmax"``, ``"attnlab-expressive"``, ...), and :func:`register_approximate_attention`
+adds ``"attnlab-approx-<name>"`` for an approximation of ``attnlab.approx.registry`` (its old
+name ``register_approximation``, which ``attnlab.approx`` uses for adding a method, is a
+deprecated alias). A model then
 takes the name like any other implementation::
 
     from transformers import AutoModelForCausalLM
@@ -35,11 +37,12 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from .._checks import deprecated_alias
 from ..functional import attention
 from ..kernels import available_kernels, get_kernel
 
-__all__ = ["attention_forward", "hf_mask_to_bool", "register", "register_approximation", "register_function",
-           "weights_requested"]
+__all__ = ["attention_forward", "hf_mask_to_bool", "register", "register_approximate_attention",
+           "register_approximation", "register_function", "weights_requested"]
 
 PREFIX = "attnlab-"
 
@@ -178,11 +181,11 @@ def register(kernels: list[str] | None = None) -> list[str]:
         attention_forward, attention_fn=functools.partial(attention, kernel=name))) for name in names]
 
 
-def register_approximation(name: str, method: str, **options: Any) -> str:
+def register_approximate_attention(name: str, method: str, **options: Any) -> str:
     """Register ``"attnlab-approx-<name>"``: attention computed by
     ``attnlab.approx.registry.approximate_attention(q, k, v, method=method, **options)``.
 
-    Example: ``register_approximation("top8", "topk", top_k=8, kernel="expressive")``.
+    Example: ``register_approximate_attention("top8", "topk", top_k=8, kernel="expressive")``.
 
     Raises:
         TypeError: ``name`` is not a non-empty str.
@@ -195,3 +198,11 @@ def register_approximation(name: str, method: str, **options: Any) -> str:
     get_approximation(method)  # validates the method before registering
     fn = functools.partial(approximate_attention, method=method, **options)
     return register_function(f"{PREFIX}approx-{name}", functools.partial(attention_forward, attention_fn=fn))
+
+
+#: Deprecated: :func:`register_approximate_attention` (``attnlab.approx.register_approximation``
+#: adds a method to the approximation registry; this one registers a Hugging Face implementation).
+register_approximation = deprecated_alias(
+    register_approximate_attention, "register_approximation",
+    "attnlab.integrations.hf.register_approximation is deprecated: use hf.register_approximate_attention "
+    "(attnlab.approx.register_approximation is the one that adds an approximation method)")
