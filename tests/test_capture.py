@@ -23,7 +23,8 @@ IDX = torch.randint(0, 30, (2, 9), generator=torch.Generator().manual_seed(1))
 @pytest.mark.parametrize("cls", [CausalLM, MaskedLM])
 def test_attnlab_capture_matches_capture_context_and_replays(cls):
     model = tiny(cls, n_kv_heads=1)  # GQA
-    with model.capture_qkv() as ref:
+    ref = {}
+    with model.record_attention(lambda layer, q, k, v, kw: ref.update({layer: (q, k, v)})):
         logits_ref = model(IDX)
     caps = capture_qkv(model, IDX)
     assert [c.layer for c in caps] == [0, 1]

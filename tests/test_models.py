@@ -264,13 +264,19 @@ def test_set_attention_errors():
         m.set_attention(attnlab.attention, heads=[4])
 
 
-def test_capture_qkv_reproduces_the_layer_output():
+@pytest.mark.parametrize("deprecated", [False, True])
+def test_record_attention_reproduces_the_layer_output(deprecated):
     m = CausalLM(cfg(kernel="expressive", n_kv_heads=2))
     seen = {}
     m.blocks[1].attn.out.register_forward_hook(lambda mod, inp, out: seen.update(x=inp[0]))
-    with m.capture_qkv(layers=[1]) as qkv:
-        m(tokens())
-    assert list(qkv) == [1] and m.blocks[1].attn.capture is None
+    if deprecated:  # the old context manager, now on record_attention
+        with pytest.warns(DeprecationWarning, match="capture_qkv is deprecated"), m.capture_qkv(layers=[1]) as qkv:
+            m(tokens())
+    else:
+        qkv = {}
+        with m.record_attention(lambda layer, q, k, v, kw: qkv.update({layer: (q, k, v)}), layers=[1]):
+            m(tokens())
+    assert list(qkv) == [1] and m.blocks[1].attn.recorder is None
     q, k, v = qkv[1]
     assert q.shape == (2, 4, 11, 8) and k.shape == v.shape == (2, 2, 11, 8)
     again = attnlab.attention(q.double(), k.double(), v.double(), kernel="expressive",

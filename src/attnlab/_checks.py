@@ -64,5 +64,5 @@ def deprecated_alias(fn: Callable[..., Any], qualname: str, message: str) -> Cal
         return fn(*args, **kwargs)
 
     alias.__name__, alias.__qualname__ = qualname.rpartition(".")[2], qualname
-    alias.__doc__ = f"Deprecated: {message}."
+    alias.__doc__ = f"{message}."
     return alias

@@ -8,10 +8,10 @@ layer's attention output, which is what the approximation studies measure agains
 
 Two kinds of models are supported, with no change to their outputs:
 
-- attnlab models (:class:`attnlab.models.TransformerLM`): a recording function is installed in
-  each chosen layer through the model's attention hook (``SelfAttention.attention_fn``); it
-  records its inputs and then computes what the layer would have computed (the exact kernel,
-  or a previously installed replacement). The previous hooks are restored afterwards.
+- attnlab models (:class:`attnlab.models.TransformerLM`): through the model's one recording
+  hook, :meth:`~attnlab.models.TransformerLM.record_attention`, which sees each chosen layer's
+  attention inputs and leaves what the layer computes (the exact kernel, or a replacement
+  installed by ``set_attention``) unchanged.
 - Hugging Face transformers models: a recording function is registered in transformers'
   ``AttentionInterface`` (through :mod:`attnlab.integrations.hf`, which turns HF masks into
   attnlab's bool masks), the model is switched to it with ``set_attn_implementation``, run,
@@ -104,27 +104,13 @@ def _check_layers(layers: Sequence[int] | None, n: int) -> list[int]:
 
 def _capture_attnlab(model: Any, inputs: Any, layers: list[int]) -> list[Captured]:
     store: list[Captured] = []
-    saved = []
-    for i in layers:
-        attn = model.blocks[i].attn
-        saved.append((attn, attn.attention_fn, attn.attention_heads))
 
-        def recorder(q, k, v, *, _attn=attn, _fn=attn.attention_fn, _heads=attn.attention_heads, **kw):
-            _record(store, _attn.layer, _attn.cfg.kernel, q, k, v, **{n: kw.get(n) for n in
-                                                                       ("attn_mask", "is_causal", "scale")})
-            if _fn is None:  # what SelfAttention.forward would have computed
-                return _attn.exact(q, k, v, **kw)
-            if _heads is None:
-                return _fn(q, k, v, **kw)
-            sel = _heads.to(q.device)[:, None, None]
-            return torch.where(sel, _fn(q, k, v, **kw), _attn.exact(q, k, v, **kw))
+    def recorder(layer: int, q: Tensor, k: Tensor, v: Tensor, kw: dict) -> None:
+        _record(store, layer, model.config.kernel, q, k, v,
+                **{n: kw.get(n) for n in ("attn_mask", "is_causal", "scale")})
 
-        attn.attention_fn, attn.attention_heads = recorder, None
-    try:
+    with model.record_attention(recorder, layers):
         _run(model, inputs, None)
-    finally:
-        for attn, fn, heads in saved:
-            attn.attention_fn, attn.attention_heads = fn, heads
     return store
 
 

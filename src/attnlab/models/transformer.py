@@ -7,15 +7,17 @@ output projection, tied to the token embedding by default.
 Attention in every layer is ``attnlab.attention(q, k, v, kernel=config.kernel, ...)`` unless a
 hook replaces it: :meth:`TransformerLM.set_attention` swaps in any function with that signature
 (an approximation from ``attnlab.approx``, say) in all or chosen layers and heads, without
-retraining, and :meth:`TransformerLM.capture_qkv` records what each layer attends with::
+retraining, and :meth:`TransformerLM.record_attention` hands each layer's attention inputs to a
+function (the one capture mechanism: :func:`attnlab.capture.capture_qkv` builds on it)::
 
     >>> import torch
     >>> from attnlab.models import CausalLM, ModelConfig
     >>> model = CausalLM(ModelConfig(vocab_size=50, d_model=32, n_heads=4, kernel="expressive"))
     >>> idx = torch.randint(0, 50, (2, 10), generator=torch.Generator().manual_seed(0))
-    >>> with model.capture_qkv() as qkv:
+    >>> seen = {}
+    >>> with model.record_attention(lambda layer, q, k, v, kw: seen.update({layer: q.shape})):
     ...     logits = model(idx)
-    >>> logits.shape, qkv[0][0].shape
+    >>> logits.shape, seen[0]
     (torch.Size([2, 10, 50]), torch.Size([2, 4, 10, 8]))
 """
 
@@ -29,15 +31,18 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .._checks import check_int
+from .._checks import check_int, deprecated_alias
 from ..backends._common import causal_visible
 from ..functional import attention
 from .config import ModelConfig
 
-__all__ = ["AttentionFn", "CausalLM", "KVCache", "MaskedLM", "SelfAttention", "TransformerLM"]
+__all__ = ["AttentionFn", "CausalLM", "KVCache", "MaskedLM", "Recorder", "SelfAttention", "TransformerLM"]
 
 #: ``fn(q, k, v, *, is_causal, attn_mask, scale, enable_gqa) -> out``, as ``attnlab.attention``.
 AttentionFn = Callable[..., Tensor]
+#: ``fn(layer, q, k, v, kwargs)``: what a layer's attention function is about to receive, with
+#: ``kwargs`` its keyword arguments (``is_causal``, ``attn_mask``, ``scale``, ``enable_gqa``).
+Recorder = Callable[[int, Tensor, Tensor, Tensor, dict], None]
 #: One (k, v) pair per layer, each (B, H_kv, S, D), after rotary positions.
 KVCache = list[tuple[Tensor, Tensor]]
 
@@ -60,7 +65,7 @@ class SelfAttention(nn.Module):
         self.out = nn.Linear(cfg.d_model, cfg.d_model, bias=cfg.bias)
         self.attention_fn: AttentionFn | None = None  # None: exact attention under cfg.kernel
         self.attention_heads: Tensor | None = None  # bool (H,): heads that use attention_fn
-        self.capture: dict[int, tuple[Tensor, Tensor, Tensor]] | None = None
+        self.recorder: Recorder | None = None  # set by TransformerLM.record_attention
 
     def exact(self, q: Tensor, k: Tensor, v: Tensor, **kw) -> Tensor:
         """Exact attention under the configured kernel (the default hook), with the configured
@@ -83,8 +88,6 @@ class SelfAttention(nn.Module):
         past = 0 if cache is None else cache[0].shape[2]
         if cache is not None:
             k, v = torch.cat((cache[0], k), dim=2), torch.cat((cache[1], v), dim=2)
-        if self.capture is not None:
-            self.capture[self.layer] = (q.detach(), k.detach(), v.detach())
         # Causal with a cache is bottom-right aligned: new query i sits at position past + i.
         mask = pad
         is_causal = causal and past == 0
@@ -93,6 +96,8 @@ class SelfAttention(nn.Module):
             mask = tri if mask is None else mask & tri
         kw = dict(is_causal=is_causal, attn_mask=mask, scale=1.0 / math.sqrt(self.head_dim),
                   enable_gqa=self.n_heads != self.n_kv)
+        if self.recorder is not None:
+            self.recorder(self.layer, q, k, v, kw)
         if self.attention_fn is None:
             y = self.exact(q, k, v, **kw)
         elif self.attention_heads is None:
@@ -262,19 +267,42 @@ class TransformerLM(nn.Module):
             attn.attention_fn, attn.attention_heads = fn, None if fn is None else sel
 
     @contextlib.contextmanager
-    def capture_qkv(self, layers: Sequence[int] | None = None
-                    ) -> Iterator[dict[int, tuple[Tensor, Tensor, Tensor]]]:
-        """Record (q, k, v) per layer, as the attention function receives them (after rotary,
-        with any cache prepended): q (B, H, L, D), k and v (B, H_kv, S, D), detached."""
-        store: dict[int, tuple[Tensor, Tensor, Tensor]] = {}
+    def record_attention(self, fn: Recorder, layers: Sequence[int] | None = None) -> Iterator[None]:
+        """Within the block, call ``fn(layer, q, k, v, kwargs)`` in ``layers`` (default all) each
+        time the layer attends, with what its attention function receives: q (B, H, L, D), k and
+        v (B, H_kv, S, D) after rotary positions and with any cache prepended (not detached),
+        and the keyword arguments (``is_causal``, ``attn_mask``, ``scale``, ``enable_gqa``).
+        The model computes what it computes without it.
+
+        Raises:
+            TypeError: ``fn`` is not callable.
+            ValueError: a layer index out of range.
+        """
+        if not callable(fn):
+            raise TypeError(f"fn must be callable, got {type(fn).__name__}")
         chosen = self._layers(layers)
         for attn in chosen:
-            attn.capture = store
+            attn.recorder = fn
         try:
-            yield store
+            yield
         finally:
             for attn in chosen:
-                attn.capture = None
+                attn.recorder = None
+
+    @contextlib.contextmanager
+    def _capture_qkv(self, layers: Sequence[int] | None = None
+                     ) -> Iterator[dict[int, tuple[Tensor, Tensor, Tensor]]]:
+        store: dict[int, tuple[Tensor, Tensor, Tensor]] = {}
+        with self.record_attention(lambda layer, q, k, v, kw: store.update({layer: (q.detach(), k.detach(),
+                                                                                    v.detach())}), layers):
+            yield store
+
+    #: Deprecated: ``with capture_qkv(layers) as qkv`` filled ``qkv[layer] = (q, k, v)``; use
+    #: :meth:`record_attention`, or :func:`attnlab.capture.capture_qkv` (which runs the model).
+    capture_qkv = deprecated_alias(
+        _capture_qkv, "TransformerLM.capture_qkv",
+        "TransformerLM.capture_qkv is deprecated: use attnlab.capture.capture_qkv(model, inputs) "
+        "or model.record_attention(fn)")
 
 
 class CausalLM(TransformerLM):
