@@ -12,7 +12,7 @@ from safetensors.torch import load_file
 import attnlab.train
 from attnlab.data.tasks import sample, task_config
 from attnlab.models import CausalLM, ModelConfig
-from attnlab.studies import ladder
+from attnlab.studies import ladder, ladder_claims
 from attnlab.studies.ladder import LadderPreset, cell_key, get_preset, run, summarize
 
 
@@ -93,7 +93,7 @@ def test_resume_skips_finished_cells(tmp_path, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         run(p, tmp_path)
     (path,) = [d for d in tmp_path.iterdir() if d.name.startswith("ladder-")]
-    assert len((path / "cells.jsonl").read_text().splitlines()) == 2
+    assert len(list((path / "results").glob("*.json"))) == 2  # one atomic file per finished cell
 
     def counting(*args):
         calls.append(args[1:5])
@@ -122,7 +122,7 @@ def test_unfinished_cell_continues_from_its_checkpoint(tmp_path, monkeypatch):
 def test_workers_match_in_process(tmp_path):
     p = _small(kernels=("softmax", "expressive"))
     serial = _rows(run(p, tmp_path / "a") / "results.csv")
-    parallel = _rows(run(ladder.get_preset_from(p, {"workers": 2}), tmp_path / "b") / "results.csv")
+    parallel = _rows(run(p, tmp_path / "b", jobs=2) / "results.csv")
     key = lambda r: r["kernel"]  # noqa: E731
     drop = ("train_seconds",)
     assert [{k: v for k, v in r.items() if k not in drop} for r in sorted(serial, key=key)] == [
@@ -144,20 +144,28 @@ def test_claims_verdicts():
     row = next(r for r in summary if r["level"] == 2 and r["kernel"] == "softmax")
     assert row["mean_accuracy"] == pytest.approx(0.85) and row["std_accuracy"] == pytest.approx(0.0707107)
     assert not row["solved"] and row["seeds_at_100"] == 0 and row["median_steps_to_100"] is None
-    margins, text = ladder._claims(p, summary)
+    margins, tests = ladder_claims.claims(p, summary, results)
     assert [m["margin_ea_minus_dpa"] for m in margins] == pytest.approx([0.0, 0.15, 0.5])
-    assert "EA ≥ DPA (tolerance 0.005): **holds**" in text[0]
-    assert "margin grows with complexity: **holds**" in text[0]
-    assert "softmax: L1, expressive: L2" in text[0] and "**holds** (L2)" in text[0]
-    assert "in 3 of 3 (task, level) cells; mean margin EA − DPA +0.217" in ladder._overall(p, margins)
-    # reversed: DPA ahead at level 3
+    got = {t["claim"]: t["result"] for t in tests}
+    assert set(got) == {"EA >= DPA", "margin grows with complexity", "EA reaches 100% where DPA does not"}
+    assert got["EA >= DPA"].effect == pytest.approx(0.65 / 3) and got["EA >= DPA"].n == {"seeds": 2, "cells": 6}
+    assert got["margin grows with complexity"].effect == pytest.approx(0.25)  # OLS slope of d on the level
+    solve = got["EA reaches 100% where DPA does not"]
+    assert solve.n["A only"] == 2 and solve.n["B only"] == 0 and solve.p_value == pytest.approx(0.5)
+    assert solve.verdict == "inconclusive" and solve.settle_n is not None  # 2 discordant pairs cannot decide
+    assert "in 3 of 3 (task, level) cells; mean margin EA − DPA +0.217" in ladder_claims._overall(p, margins)
+    # reversed: DPA ahead at level 3, by 0.4 on both seeds
     acc[("softmax", 3)], acc[("expressive", 3)] = (0.9, 0.9), (0.5, 0.5)
     results = {cell_key("recurrence", lv, k, s): _fake("recurrence", lv, k, s, a[s])
                for (k, lv), a in acc.items() for s in (0, 1)}
-    margins, text = ladder._claims(p, summarize(p, results))
-    assert "in 2 of 3 (task, level) cells" in ladder._overall(p, margins)
-    assert "**does not hold** at L3 (-0.400)" in text[0]
-    assert "margin grows with complexity: **does not hold (EA is not ahead at the highest level)**" in text[0]
+    margins, tests = ladder_claims.claims(p, summarize(p, results), results)
+    assert "in 2 of 3 (task, level) cells" in ladder_claims._overall(p, margins)
+    assert margins[-1]["margin_ea_minus_dpa"] == pytest.approx(-0.4)
+    assert margins[-1]["ci_low"] == margins[-1]["ci_high"] == pytest.approx(-0.4)
+    grows = next(t["result"] for t in tests if t["claim"] == "margin grows with complexity")
+    assert grows.effect < 0 and grows.verdict != "supported"
+    table = ladder_claims.verdict_table(tests, judged=False)
+    assert "not judged, smoke test" in table and "supported" not in table
 
 
 @pytest.mark.parametrize(("overrides", "match"), [
@@ -184,8 +192,8 @@ def test_preset_validation(overrides, match):
 
 
 def test_preset_rejects_a_non_int_count():
-    with pytest.raises(TypeError, match="workers must be an int, got float"):
-        get_preset("tiny", workers=1.5)
+    with pytest.raises(TypeError, match="jobs must be an int, got float"):
+        get_preset("tiny", jobs=1.5)
 
 
 def test_presets_build_and_unknown_name():
@@ -204,7 +212,7 @@ def test_resume_errors(tmp_path):
     with pytest.raises(ValueError, match="resume must be a ladder run folder"):
         run("tiny", tmp_path, resume=other.path)
     mine = ladder.RunDir.create(tmp_path, "ladder", config=ladder.dataclasses.asdict(_small()), seeds=[0])
-    with pytest.raises(ValueError, match=r"overrides may only set \['workers', 'threads'\], got \['steps'\]"):
+    with pytest.raises(ValueError, match=r"overrides may only set \['jobs', 'threads'\], got \['steps'\]"):
         run("tiny", tmp_path, resume=mine.path, steps=5)
 
 

@@ -2,8 +2,10 @@
 
 A study writes into ``reports/<study>-<timestamp>/``::
 
-    run.json      config, seeds, versions, hardware, git commit (written first)
-    cells.jsonl   one finished cell per line: what a resumed run does not recompute
+    run.json      study, preset, config, seeds, versions, hardware, git commit (written first),
+                  and one entry per launcher session (device, jobs, cells run, wall time)
+    results/      one JSON file per finished cell, written atomically and named by the cell's
+                  key and config hash: what a resumed run does not recompute
     *.csv         every number
     *.png         plots
     report.md     tables, embedded plots, the claims checked and their verdicts
@@ -46,17 +48,14 @@ class RunDir:
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self._cells: dict[str, Any] = {}
-        cells = path / "cells.jsonl"
-        if cells.exists():
-            for line in cells.read_text().splitlines():
-                if line.strip():
-                    entry = json.loads(line)
-                    self._cells[entry["key"]] = entry["result"]
+        self._cells: dict[str, tuple[str | None, Any]] = {}
+        for file in sorted((path / "results").glob("*.json")):
+            entry = json.loads(file.read_text())
+            self._cells[entry["key"]] = (entry.get("hash"), entry["result"])
 
     @classmethod
     def create(cls, root: str | os.PathLike[str], study: str, *, config: Mapping[str, Any],
-               seeds: Sequence[int]) -> RunDir:
+               seeds: Sequence[int], **extra: Any) -> RunDir:
         """Make ``root/<study>-<timestamp>/`` and write its run.json."""
         stamp = time.strftime("%Y%m%d-%H%M%S")
         path = Path(root) / f"{study}-{stamp}"
@@ -66,7 +65,7 @@ class RunDir:
             suffix += 1
         path.mkdir(parents=True)
         info = {"study": study, "created": stamp, "config": dict(config), "seeds": list(seeds),
-                "environment": environment_info()}
+                "environment": environment_info(), **extra}
         atomic_write_text(path / "run.json", json.dumps(info, indent=2, default=str) + "\n")
         return cls(path)
 
@@ -87,18 +86,26 @@ class RunDir:
         """The content of run.json."""
         return json.loads((self.path / "run.json").read_text())
 
-    def cell(self, key: str) -> Any | None:
-        """The saved result of a finished cell, or None."""
-        return self._cells.get(key)
+    def cell(self, key: str, config_hash: str | None = None) -> Any | None:
+        """The saved result of a finished cell, or None (also when ``config_hash`` is given and
+        the cell was saved under another one: its config changed, so it is not finished)."""
+        saved = self._cells.get(key)
+        if saved is None or (config_hash is not None and saved[0] != config_hash):
+            return None
+        return saved[1]
 
-    def save_cell(self, key: str, result: Any) -> None:
-        """Record a finished cell (one JSON line, flushed and fsynced before returning)."""
-        line = json.dumps({"key": key, "result": result}, default=float) + "\n"
-        with open(self.path / "cells.jsonl", "a") as f:
-            f.write(line)
-            f.flush()
-            os.fsync(f.fileno())
-        self._cells[key] = result
+    def save_cell(self, key: str, result: Any, config_hash: str | None = None) -> None:
+        """Record a finished cell: ``results/<key>.json`` (``/`` in the key becomes ``~``), written
+        through a temporary file and a rename, so a killed run leaves it whole or absent."""
+        entry = {"key": key, "hash": config_hash, "result": result}
+        name = key.replace("/", "~").replace(os.sep, "~") + ".json"
+        atomic_write_text(self.path / "results" / name, json.dumps(entry, default=float) + "\n")
+        self._cells[key] = (config_hash, result)
+
+    def update_info(self, **fields: Any) -> None:
+        """Add or replace top-level fields of run.json (atomically)."""
+        info = {**self.info, **fields}
+        atomic_write_text(self.path / "run.json", json.dumps(info, indent=2, default=str) + "\n")
 
     def write_csv(self, name: str, rows: Iterable[Mapping[str, Any]]) -> Path:
         """Write rows (dicts; the union of their keys, in first-seen order) to ``name``."""
