@@ -1,6 +1,9 @@
-"""Language models with any attnlab kernel: a decoder-only causal LM and an encoder masked LM."""
+"""Language models with any attnlab kernel: a decoder-only causal LM and an encoder masked LM,
+and the ``torch.nn.MultiheadAttention`` drop-in (:mod:`attnlab.models.mha`, public as
+``attnlab.nn.MultiheadAttention``)."""
 
 from .config import ModelConfig, apply_overrides, from_dict, to_dict
+from .mha import MultiheadAttention
 from .objectives import masked_accuracy, masked_cross_entropy, mlm_mask
 from .transformer import AttentionFn, CausalLM, KVCache, MaskedLM, SelfAttention, TransformerLM
 
@@ -10,6 +13,7 @@ __all__ = [
     "KVCache",
     "MaskedLM",
     "ModelConfig",
+    "MultiheadAttention",
     "SelfAttention",
     "TransformerLM",
     "apply_overrides",
