@@ -5,11 +5,9 @@ For one query with exact weights p over n keys, values V (n x D_v) and a visibil
 exact output is ``o = sum_{j visible} p_j v_j``. An r-sparse approximation keeps at most r visible
 keys S and weights beta_S and returns ``o_hat = sum_{j in S} beta_j v_j``.
 
-Shapes: p (..., n), v (..., n, D_v) with broadcastable leading dims (values are usually shared by
-the queries of a head: v (B, H, 1, n, D_v) with p (B, H, L, n)), visible bool broadcastable to
-(..., n), True = the query may see the key. Internally every solver works in one layout,
-rows (G, M, n) against values (G, n, D_v), in which shared values are never copied: see
-:mod:`attnlab.approx.sparse_layout` (its names are re-exported here).
+The shapes of p, v and ``visible``, and the layout every solver works in, are those of
+:func:`attnlab.approx.sparse_layout.prepare` (:class:`SparseApprox`, :func:`prepare` and
+:func:`project_simplex` are re-exported here).
 """
 
 from __future__ import annotations
@@ -20,29 +18,15 @@ from torch import Tensor
 from .sparse_layout import (
     Layout,
     SparseApprox,
-    _combine,
-    _finish,
+    _finish_support,
     argmax_last,
     gather_values,
     prepare,
     project_simplex,
-    row_chunks,
     solve_in_chunks,
 )
 
-__all__ = [
-    "Layout",
-    "SparseApprox",
-    "argmax_last",
-    "gather_values",
-    "omp",
-    "prepare",
-    "project_simplex",
-    "row_chunks",
-    "solve_in_chunks",
-    "topr",
-    "topr_l2",
-]
+__all__ = ["SparseApprox", "omp", "prepare", "project_simplex", "topr", "topr_l2"]
 
 
 def _top(lay: Layout, r: int) -> tuple[Tensor, Tensor]:
@@ -61,8 +45,7 @@ def topr(p: Tensor, v: Tensor, r: int, *, visible: Tensor | None = None,
     lay = prepare(p, v, r, visible)
     val, idx = _top(lay, r)
     z = val.sum(-1, keepdim=True)
-    w = val / torch.where(z > 0, z, 1.0)
-    return _finish(lay, _combine(w, gather_values(lay.v, idx)), idx, w, return_support)
+    return _finish_support(lay, idx, val / torch.where(z > 0, z, 1.0), return_support)
 
 
 def topr_l2(p: Tensor, v: Tensor, r: int, *, visible: Tensor | None = None,
@@ -75,8 +58,7 @@ def topr_l2(p: Tensor, v: Tensor, r: int, *, visible: Tensor | None = None,
     """
     lay = prepare(p, v, r, visible)
     val, idx = _top(lay, r)
-    w = project_simplex(val)
-    return _finish(lay, _combine(w, gather_values(lay.v, idx)), idx, w, return_support)
+    return _finish_support(lay, idx, project_simplex(val), return_support)
 
 
 def omp(p: Tensor, v: Tensor, r: int, *, visible: Tensor | None = None,
@@ -102,8 +84,7 @@ def omp(p: Tensor, v: Tensor, r: int, *, visible: Tensor | None = None,
     # omp's per-row temporaries are small next to va-greedy's: bigger chunks (fewer, larger
     # GEMMs) measured ~15% faster here (benchmarks/solvers.py).
     idx, gamma = solve_in_chunks(lay, lambda c: _omp_rows(c, r), budget=2**21)
-    out = _combine(gamma, gather_values(lay.v, idx))
-    return _finish(lay, out, idx, gamma, return_support)
+    return _finish_support(lay, idx, gamma, return_support)
 
 
 def _omp_rows(lay: Layout, r: int) -> tuple[Tensor, Tensor]:

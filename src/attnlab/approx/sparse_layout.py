@@ -1,14 +1,11 @@
 """The layout every r-sparse oracle solves in (:mod:`attnlab.approx.sparse`,
 :mod:`attnlab.approx.value_aware`): :func:`prepare`, row chunks and :class:`SparseApprox`.
 
-For one query with exact weights p over n keys, values V (n x D_v) and a visibility mask, the
-exact output is ``o = sum_{j visible} p_j v_j``. An r-sparse approximation keeps at most r visible
-keys S and weights beta_S and returns ``o_hat = sum_{j in S} beta_j v_j``.
-
-Shapes: p (..., n), v (..., n, D_v) with broadcastable leading dims (values are usually shared by
-the queries of a head: v (B, H, 1, n, D_v) with p (B, H, L, n)), visible bool broadcastable to
-(..., n), True = the query may see the key. Internally every solver works in one layout,
-rows (G, M, n) against values (G, n, D_v), in which shared values are never copied.
+The problem they solve is stated in :mod:`attnlab.approx.sparse`. Shapes: p (..., n),
+v (..., n, D_v) with broadcastable leading dims (values are usually shared by the queries of a
+head: v (B, H, 1, n, D_v) with p (B, H, L, n)), visible bool broadcastable to (..., n), True =
+the query may see the key. Internally every solver works in one layout, rows (G, M, n) against
+values (G, n, D_v), in which shared values are never copied.
 """
 
 from __future__ import annotations
@@ -159,6 +156,11 @@ def _finish(lay: Layout, out: Tensor, idx: Tensor, w: Tensor, return_support: bo
     if not return_support:
         return SparseApprox(lay.unflatten(out))
     return SparseApprox(lay.unflatten(out), lay.unflatten(idx), lay.unflatten(w))
+
+
+def _finish_support(lay: Layout, idx: Tensor, w: Tensor, return_support: bool) -> SparseApprox:
+    """:func:`_finish` with the output ``sum_slots w v[idx]`` (slots -1 carry weight 0)."""
+    return _finish(lay, _combine(w, gather_values(lay.v, idx)), idx, w, return_support)
 
 
 def row_chunks(lay: Layout, budget: int = 2**19) -> Iterator[Layout]:

@@ -24,6 +24,7 @@ from .sparse_layout import (
     SparseApprox,
     _combine,
     _finish,
+    _finish_support,
     argmax_last,
     gather_values,
     prepare,
@@ -258,5 +259,4 @@ def va_exact(p: Tensor, v: Tensor, r: int, *, visible: Tensor | None = None,
         best = torch.where(better, e2, best)
         idx[..., :s] = torch.where(better[..., None], _pick(sub, c), idx[..., :s])
         b[..., :s] = torch.where(better[..., None], _pick(bs, c), b[..., :s])
-    out = _combine(b, gather_values(lay.v, idx))
-    return _finish(lay, out, idx, b, return_support)
+    return _finish_support(lay, idx, b, return_support)
