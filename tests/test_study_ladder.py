@@ -83,11 +83,11 @@ def test_resume_skips_finished_cells(tmp_path, monkeypatch):
     p = _small()
     real, calls = ladder.train_cell, []
 
-    def interrupted(*args):
+    def interrupted(*args, **kw):
         if len(calls) == 2:
             raise KeyboardInterrupt
         calls.append(args[1:5])
-        return real(*args)
+        return real(*args, **kw)
 
     monkeypatch.setattr(ladder, "train_cell", interrupted)
     with pytest.raises(KeyboardInterrupt):
@@ -95,9 +95,9 @@ def test_resume_skips_finished_cells(tmp_path, monkeypatch):
     (path,) = [d for d in tmp_path.iterdir() if d.name.startswith("ladder-")]
     assert len(list((path / "results").glob("*.json"))) == 2  # one atomic file per finished cell
 
-    def counting(*args):
+    def counting(*args, **kw):
         calls.append(args[1:5])
-        return real(*args)
+        return real(*args, **kw)
 
     monkeypatch.setattr(ladder, "train_cell", counting)
     assert run("tiny", tmp_path, resume=path) == path

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import csv
+import json
 
 import pytest
 import torch
 
 import attnlab.train
 from attnlab.models import CausalLM, ModelConfig
+from attnlab.studies import va_plots, va_report
 from attnlab.studies import value_aware as va
 
 
@@ -47,11 +49,12 @@ def test_tiny_end_to_end_outputs(tiny_run):
 
 
 def test_resume_recomputes_nothing_finished(tiny_run, monkeypatch):
-    lines = (tiny_run / "cells.jsonl").read_text().splitlines()
-    evals = [ln for ln in lines if '"eval/' in ln]
-    (tiny_run / "cells.jsonl").write_text("\n".join([ln for ln in lines if ln not in evals[-3:]]) + "\n")
+    evals = sorted((tiny_run / "results").glob("eval~*.json"))
+    removed = [json.loads(p.read_text()) for p in evals[-3:]]
+    for p in evals[-3:]:
+        p.unlink()
     calls = {"train": 0, "evaluate": 0}
-    real = attnlab.train.evaluate
+    real = va.evaluate_tokens
 
     def no_train(*a, **k):
         calls["train"] += 1
@@ -62,11 +65,12 @@ def test_resume_recomputes_nothing_finished(tiny_run, monkeypatch):
         return real(*a, **k)
 
     monkeypatch.setattr(attnlab.train, "train", no_train)
-    monkeypatch.setattr(attnlab.train, "evaluate", counted)
+    monkeypatch.setattr(va, "evaluate_tokens", counted)
     assert va.run("tiny", resume=str(tiny_run)) == tiny_run
     assert calls["train"] == 0
-    assert calls["evaluate"] == sum('"skipped": ""' in ln for ln in evals[-3:])
+    assert calls["evaluate"] == sum(r["result"]["skipped"] == "" for r in removed)
     assert len(read(tiny_run / "results.csv")) == 4 * (1 + len(va.PRESETS["tiny"].all_rs) * 5)
+    assert [json.loads(p.read_text()) for p in evals[-3:]] == removed  # recomputed the same
 
 
 def test_caratheodory_point_inside_a_real_model():
@@ -131,11 +135,13 @@ def test_tiny_report_has_the_smoke_caveat_and_no_bare_verdict(tiny_run):
     verdicts = report.split("## Verdicts", 1)[1].split("\n## ", 1)[0]
     assert "Caveat: a smoke test, not evidence" in verdicts and "trained for 15 steps" in verdicts
     assert not any(v in report for v in VERDICTS)
+    assert "not judged" in verdicts and "supported" not in verdicts and "inconclusive" not in verdicts
     assert verdicts.count("Not judged (smoke test") == verdicts.count("**Claim")
 
 
-def _cells(err_by_method, skewness=0.2):
-    rows = []
+def _cells(err_by_method, skewness=0.2, tokens=40):
+    """Rows and per-token data: top-r wrong on 9 more tokens in 100 than va-greedy, at every r."""
+    rows, data = [], {}
     for kernel, errs in err_by_method.items():
         rows.append({"kind": "causal", "kernel": kernel, "method": "exact", "r": 0, "error_pct": errs[0],
                      "skipped": "", "skewness": skewness, "mean_layer_error": 0.0})
@@ -143,23 +149,46 @@ def _cells(err_by_method, skewness=0.2):
             for method, err in (("topr", e + 9.0), ("va-greedy", e)):
                 rows.append({"kind": "causal", "kernel": kernel, "method": method, "r": r, "error_pct": err,
                              "skipped": "", "skewness": skewness, "mean_layer_error": 0.1})
-    return rows
+                wrong = set(range(int(err * tokens / 100)))
+                data[("causal", kernel, 0, method, r)] = {
+                    "token_correct": [int(i not in wrong) for i in range(tokens)],
+                    "token_seq": [i % 8 for i in range(tokens)], "token_loss": [0.0] * tokens}
+    return rows, data
 
 
 def test_smoke_caveat_decides_from_the_budget_and_the_data():
     trained = va.ValueAwarePreset(rs=(1, 2), steps=500)
-    moving = _cells({"softmax": [40.0, 45.0, 42.0]})
+    moving, tokens = _cells({"softmax": [40.0, 45.0, 42.0]}, tokens=400)
     assert va.smoke_caveat(moving, trained) is None
-    lines = va._verdicts(va._diffs(moving), moving, trained, judged=True)
-    assert "Holds at some budgets" in lines[0] and "Not judged" not in lines[0]
+    tests = va_report.claim_tests(moving, tokens, trained)
+    lines = va_report._verdicts(va_report._diffs(moving, tokens), moving, trained, tests, judged=True)
+    claim_1a = next(t["result"] for t in tests if t["claim"].startswith("1a"))
+    assert claim_1a.effect == pytest.approx(9.0) and claim_1a.verdict == "supported"
+    assert claim_1a.n == {"sequences": 8, "tokens": 400}
+    assert "Not judged" not in "\n".join(lines) and "+9.00 points" in "\n".join(lines)
     short = va.smoke_caveat(moving, va.ValueAwarePreset(rs=(1, 2), steps=15))
     assert "trained for 15 steps" in short
     flat = [dict(r, error_pct=91.67) for r in moving]
     caveat = va.smoke_caveat(flat, trained)
     assert "No approximation changes the error % of causal softmax (91.67%)" in caveat
     assert va.smoke_caveat(flat, trained, trained=False) == caveat  # a loaded (HF) model too
-    lines = va._verdicts(va._diffs(flat), flat, trained, judged=False)
-    assert "Not judged" in lines[0] and not any(v in line for line in lines for v in VERDICTS)
+    lines = va_report._verdicts(va_report._diffs(flat), flat, trained, tests, judged=False)
+    text = "\n".join(lines)
+    assert "Not judged" in lines[0] and not any(v in text for v in VERDICTS)
+    assert "supported" not in text and "not judged" in text
+
+
+def test_flatter_kernels_claim_is_a_slope_on_flatness():
+    preset = va.ValueAwarePreset(rs=(1, 2), steps=500, kernels=("softmax", "relu"))
+    flat_rows, flat_tokens = _cells({"relu": [40.0, 45.0, 42.0]}, skewness=0.1, tokens=400)
+    sharp_rows, sharp_tokens = _cells({"softmax": [40.0, 45.0, 42.0]}, skewness=0.5, tokens=400)
+    for key in list(sharp_tokens):  # the skewed kernel gains 3 points less
+        if key[3] == "va-greedy":
+            wrong = set(range(int((45.0 if key[4] == 1 else 42.0) * 4) + 12))
+            sharp_tokens[key] = dict(sharp_tokens[key], token_correct=[int(i not in wrong) for i in range(400)])
+    tests = va_report.claim_tests(flat_rows + sharp_rows, {**flat_tokens, **sharp_tokens}, preset)
+    slope = next(t["result"] for t in tests if t["claim"].startswith("2"))
+    assert slope.effect == pytest.approx(3.0 / 0.4) and slope.verdict == "supported"
 
 
 def test_plots_skip_a_model_with_nothing_to_draw(tmp_path):
@@ -168,7 +197,7 @@ def test_plots_skip_a_model_with_nothing_to_draw(tmp_path):
     run = RunDir.create(tmp_path, "value-aware", config={}, seeds=[0])
     rows = [{"kind": "causal", "kernel": "relu", "method": m, "r": r, "skipped": "performer approximates softmax "
              "only", "error_pct": None} for m in ("performer",) for r in (1, 2)]
-    md = va._plots(run, rows, va.ValueAwarePreset(rs=(1, 2)))
+    md = va_plots.plots(run, rows, va.ValueAwarePreset(rs=(1, 2)))
     assert md == ["No error-vs-r plot for causal relu: no method ran (performer (performer approximates softmax "
                   "only)).", "No per-layer plot for causal: neither topr nor va-greedy ran at r = 2."]
     assert not list(run.path.glob("*.png"))

@@ -1,8 +1,8 @@
 """The ``attnlab`` command (also ``python -m attnlab``).
 
     attnlab demo                      the main job: EA vs DPA side by side, then both studies (quick)
-    attnlab study value-aware [...]   Study 1: value-aware vs value-oblivious approximation in LMs
-    attnlab study ladder [...]        Study 2: EA vs DPA on the complexity ladder
+    attnlab study NAME [...]          a registered study (value-aware, ladder): --preset, --device,
+                                      --resume, --jobs (attnlab.studies.launcher)
     attnlab approx-error [...]        approximation error of any methods over r, synthetic or captured
     attnlab train CONFIG.yaml [...]   train a model
     attnlab build-cpp                 compile the 'cpp' backend's CPU kernels now (else on first use)
@@ -17,20 +17,19 @@ from __future__ import annotations
 
 import argparse
 import sys
-import textwrap
 from collections.abc import Sequence
 
 from ._argparse import ArgumentParser
 
 __all__ = ["build_parser", "main"]
 
-# the studies: name -> (module under attnlab.studies, what ``attnlab study --help`` says of it)
-STUDIES = {
-    "value-aware": ("value_aware", "Study 1 (Gupta & Berant, EMNLP 2021): value-aware vs value-oblivious "
-                    "sparse approximation of attention in language models, per kernel"),
-    "ladder": ("ladder", "Study 2 (Gros, arXiv 2407.18601): expressive attention (EA) vs dot-product "
-               "attention (DPA) on the complexity ladder of synthetic tasks"),
-}
+
+def _studies() -> dict[str, str]:
+    """The studies (``configs/studies/<name>/`` + ``attnlab/studies/<name>.py``) and the first
+    paragraph of each module's docstring, read without importing anything heavy."""
+    from .studies.base import available_studies, study_description
+
+    return {name: study_description(name) for name in available_studies()}
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -75,13 +74,14 @@ def _demo(args: argparse.Namespace) -> int:
     if args.side_by_side_only:
         return 0
 
-    from attnlab.studies import ladder, value_aware
+    from attnlab.studies.launcher import run_study
 
     reports = []
-    for title, study in (("Study 1: value-aware vs value-oblivious approximation", value_aware),
-                         ("Study 2: EA vs DPA on the complexity ladder", ladder)):
+    for title, study in (("Study 1: value-aware vs value-oblivious approximation", "value-aware"),
+                         ("Study 2: EA vs DPA on the complexity ladder", "ladder")):
         print(f"\n== {title} (preset {args.preset}) ==", flush=True)
-        reports.append(study.run(args.preset, out=args.out, seed=args.seed) / "report.md")
+        path = run_study(study, args.preset, out=args.out, device=args.device, overrides={"seed": args.seed})
+        reports.append(path / "report.md")
     print("\nreports:")
     for path in reports:
         print(f"  {path}")
@@ -134,9 +134,9 @@ def _delegate(command: str, rest: list[str]) -> int:
     elif command == "approx-error":
         from .studies.approx_error import main as run
     else:
-        import importlib
+        from .studies.launcher import main as launch
 
-        run = importlib.import_module(f"attnlab.studies.{STUDIES[command][0]}").main
+        return int(launch(command, rest) or 0)
     return int(run(rest) or 0)
 
 
@@ -152,6 +152,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--repeats", type=int, default=3, help="timed runs per case (best is shown)")
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument("--preset", default="quick", choices=["tiny", "quick", "paper"], help="studies' preset")
+    demo.add_argument("--device", default="cpu", help="the studies' device: cpu, cuda or cuda:N")
     demo.add_argument("--out", default="reports", help="folder for the study reports")
     demo.add_argument("--side-by-side-only", action="store_true", help="skip the studies")
     demo.set_defaults(func=_demo)
@@ -160,13 +161,13 @@ def build_parser() -> argparse.ArgumentParser:
                    add_help=False)
     build = sub.add_parser("build-cpp", help="compile the 'cpp' backend's C++ CPU kernels now")
     build.set_defaults(func=_build_cpp)
-    studies = "\n".join(textwrap.fill(text, 100, initial_indent=f"  {name:<13}", subsequent_indent=" " * 15)
-                         for name, (_, text) in STUDIES.items())
-    study = sub.add_parser("study", help="run a study: " + " or ".join(STUDIES),
+    known = _studies()
+    studies = "\n".join(f"  {name:<13}{text}" for name, text in known.items())  # unwrapped: whole phrases
+    study = sub.add_parser("study", help="run a study: " + " or ".join(known),
                            formatter_class=argparse.RawDescriptionHelpFormatter,
                            description=f"Run a study; 'attnlab study NAME --help' shows its options.\n\n"
                                        f"studies:\n{studies}")
-    study.add_argument("name", choices=list(STUDIES), help="the study")
+    study.add_argument("name", choices=list(known), help="the study")
     return parser
 
 
@@ -175,7 +176,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] in (["train"], ["approx-error"]):
         return _delegate(argv[0], argv[1:])
-    if argv[:1] == ["study"] and argv[1:2] and argv[1] in STUDIES:
+    if argv[:1] == ["study"] and argv[1:2] and argv[1] in _studies():
         return _delegate(argv[1], argv[2:])
     parser = build_parser()
     args = parser.parse_args(argv)  # --help, demo, build-cpp, and `study` without a known name

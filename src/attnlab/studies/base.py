@@ -26,8 +26,9 @@ from typing import Any
 
 from ..registry import Registry
 
-__all__ = ["EXECUTION_ONLY", "STUDIES", "Cell", "CellContext", "Study", "available_studies", "config_dir",
-           "get_study", "load_preset", "preset_names", "register_study", "study_description"]
+__all__ = ["EXECUTION_ONLY", "STUDIES", "Cell", "CellContext", "PresetTable", "Study", "available_studies",
+           "config_dir", "get_study", "load_preset", "preset_from", "preset_names", "register_study",
+           "study_description"]
 
 #: preset fields that change how cells run, not what they compute (never part of a cell's hash).
 EXECUTION_ONLY = ("jobs", "threads")
@@ -179,3 +180,26 @@ def preset_from(preset_type: type, values: Mapping[str, Any]) -> Any:
     if unknown:
         raise ValueError(f"overrides must be fields of {preset_type.__name__}, got {unknown}")
     return preset_type(**values)
+
+
+class PresetTable(Mapping):
+    """A study's YAML presets by name (``PRESETS["quick"]``), each read on first access."""
+
+    def __init__(self, study: str) -> None:
+        self.study, self._cache = study, {}
+
+    def __getitem__(self, name: str) -> Any:
+        if name not in self:
+            raise KeyError(name)
+        if name not in self._cache:
+            self._cache[name] = load_preset(self.study, name)
+        return self._cache[name]
+
+    def __iter__(self):
+        return iter(preset_names(self.study))
+
+    def __len__(self) -> int:
+        return len(preset_names(self.study))
+
+    def __contains__(self, name: object) -> bool:
+        return isinstance(name, str) and name in preset_names(self.study)

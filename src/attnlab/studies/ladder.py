@@ -1,4 +1,5 @@
-"""Study 2: the complexity ladder, expressive attention (EA) vs dot-product attention (DPA).
+"""Study 2 (Gros, arXiv 2407.18601): the complexity ladder, expressive attention (EA) vs dot-product
+attention (DPA).
 
 Gros (arXiv 2407.18601) reports that at a fixed model size EA is at least as accurate as DPA on
 autoregressive prediction tasks, that its margin grows with task complexity, and that EA reaches
@@ -28,7 +29,7 @@ import dataclasses
 import statistics
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,7 +37,7 @@ from typing import Any
 import torch
 
 from .._checks import check_int
-from .base import EXECUTION_ONLY, Cell, CellContext, Study, load_preset, preset_from, preset_names, register_study
+from .base import EXECUTION_ONLY, Cell, CellContext, PresetTable, Study, preset_from, register_study
 from .report import RunDir
 
 __all__ = [
@@ -124,26 +125,7 @@ class LadderPreset:
         return tuple(range(self.seed, self.seed + self.n_seeds))
 
 
-class _Presets(dict):
-    """The YAML presets by name (``configs/studies/ladder/``), read on first access."""
-
-    def __missing__(self, name: str) -> LadderPreset:
-        if name not in preset_names("ladder"):
-            raise KeyError(name)
-        self[name] = load_preset(STUDY, name)
-        return self[name]
-
-    def __iter__(self):
-        return iter(preset_names("ladder"))
-
-    def __len__(self) -> int:
-        return len(preset_names("ladder"))
-
-    def __contains__(self, name: object) -> bool:
-        return name in preset_names("ladder")
-
-
-PRESETS: dict[str, LadderPreset] = _Presets()
+PRESETS: Mapping[str, LadderPreset] = PresetTable("ladder")
 
 
 def get_preset(name: str, **overrides: Any) -> LadderPreset:

@@ -51,7 +51,7 @@ class _Lock:
     """An exclusive lock on the run folder, released when the process ends (fcntl; a no-op elsewhere)."""
 
     def __init__(self, path: Path) -> None:
-        self.file = open(path / ".lock", "w")  # noqa: SIM115
+        self.file = open(path / ".lock", "w")
         try:
             import fcntl
 
@@ -127,7 +127,7 @@ def run_study(name: str, preset: Any = "quick", *, out: str | os.PathLike[str] =
         raise ValueError(f"jobs must be an int >= 1, got {jobs!r}")
     own = getattr(p, "threads", None)  # the preset's threads per cell, else the CPUs split over the jobs
     threads = own or max(1, torch.get_num_threads() // jobs)
-    lock, start, ran = _Lock(run_dir.path), time.perf_counter(), 0
+    lock, start, saved_before = _Lock(run_dir.path), time.perf_counter(), len(run_dir.saved())
     try:
         cells = study.cells(p)
         keys = [c.key for c in cells]
@@ -144,23 +144,23 @@ def run_study(name: str, preset: Any = "quick", *, out: str | os.PathLike[str] =
                 else:
                     results[c.key] = saved
             ctx = CellContext(run_dir.path, device, dict(results))
-            ran += _run_stage(study, p, todo, ctx, run_dir, results, jobs, threads, progress, own is not None)
+            _run_stage(study, p, todo, ctx, run_dir, results, jobs, threads, progress, own is not None)
         summary = study.summarize(p, results)
         seconds = time.perf_counter() - start
         study.report(p, run_dir, results, summary, {"preset": preset_name, "seconds": seconds, "device": device})
     finally:
         sessions = run_dir.info.get("sessions", [])
         sessions.append({"started": time.strftime("%Y-%m-%d %H:%M:%S"), "device": device, "jobs": jobs,
-                         "threads": threads, "cells_run": ran, "seconds": round(time.perf_counter() - start, 1),
-                         "argv": sys.argv})
+                         "threads": threads, "cells_run": len(run_dir.saved()) - saved_before,
+                         "seconds": round(time.perf_counter() - start, 1), "argv": sys.argv})
         run_dir.update_info(sessions=sessions)
         lock.release()
     return run_dir.path
 
 
 def _run_stage(study: Study, preset: Any, todo: list[Cell], ctx: CellContext, run_dir: RunDir,
-               results: dict[str, Any], jobs: int, threads: int, progress: bool, own: bool) -> int:
-    """Run ``todo`` (in-process or in a pool), saving each result as it finishes; returns how many ran."""
+               results: dict[str, Any], jobs: int, threads: int, progress: bool, own: bool) -> None:
+    """Run ``todo`` (in-process or in a pool), saving each result as it finishes."""
     import torch
     from tqdm import tqdm
 
@@ -190,7 +190,6 @@ def _run_stage(study: Study, preset: Any, todo: list[Cell], ctx: CellContext, ru
                 pool.shutdown(wait=True, cancel_futures=True)
     finally:
         bar.close()
-    return len(todo)
 
 
 def _parser(study: Study) -> Any:

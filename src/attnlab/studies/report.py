@@ -102,6 +102,10 @@ class RunDir:
         atomic_write_text(self.path / "results" / name, json.dumps(entry, default=float) + "\n")
         self._cells[key] = (config_hash, result)
 
+    def saved(self) -> list[str]:
+        """The keys of the saved cells."""
+        return list(self._cells)
+
     def update_info(self, **fields: Any) -> None:
         """Add or replace top-level fields of run.json (atomically)."""
         info = {**self.info, **fields}
