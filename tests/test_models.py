@@ -254,6 +254,12 @@ def test_set_attention_on_chosen_heads_only():
     torch.testing.assert_close(heads[:, :, [0, 2]], exact_heads[:, :, [0, 2]])
 
 
+def test_build_model_picks_the_class_and_refuses_non_configs():
+    assert type(build_model(cfg())) is CausalLM and type(build_model(cfg(kind="masked"))) is MaskedLM
+    with pytest.raises(TypeError, match=r"config must be an attnlab\.models\.ModelConfig, got dict"):
+        build_model({"kind": "causal"})
+
+
 def test_set_attention_errors():
     m = CausalLM(cfg())
     with pytest.raises(TypeError, match="fn must be callable or None"):
