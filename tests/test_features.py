@@ -223,8 +223,9 @@ def test_registry_dispatches_by_name():
 def test_linear_is_a_deprecated_alias_of_elu_linear():
     q, k, v, mask = Case(causal=True, mask="padding").make()
     want = elu_linear_attention(q, k, v, attn_mask=mask, is_causal=True)
-    with pytest.warns(DeprecationWarning, match="'elu-linear'"):
+    with pytest.warns(DeprecationWarning, match="'elu-linear'") as record:
         got = approximate_attention(q, k, v, method="linear", attn_mask=mask, is_causal=True)
+    assert record[0].filename == __file__  # points at the caller, past attnlab's frames
     torch.testing.assert_close(got, want, rtol=0, atol=0)
     with pytest.warns(DeprecationWarning, match="elu_linear_attention"):
         torch.testing.assert_close(linear_attention(q, k, v, attn_mask=mask, is_causal=True), want, rtol=0, atol=0)
@@ -233,7 +234,7 @@ def test_linear_is_a_deprecated_alias_of_elu_linear():
 
 
 def test_register_approximation(monkeypatch):
-    monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))
+    monkeypatch.setattr(registry, "_REGISTRY", registry._REGISTRY.copy())
     fn = lambda q, k, v, *, attn_mask=None: v  # noqa: E731
     register_approximation("identity", fn)
     q = torch.randn(1, 1, 3, 2)

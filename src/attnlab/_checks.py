@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import sys
 import warnings
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -54,13 +55,23 @@ def check_registration(kind: str, registry: Mapping[str, object], name: object, 
         raise ValueError(f"{kind} {name!r} is already registered; pass overwrite=True to replace it")
 
 
+def _user_stacklevel() -> int:
+    """The ``stacklevel`` that points a warning raised by our caller at the first frame outside
+    attnlab (``approximate_attention(method="linear")`` warns at the user's line, not in the
+    registry), so that Python's default filters show it."""
+    level, frame = 2, sys._getframe(2)
+    while frame.f_back is not None and frame.f_globals.get("__name__", "").startswith("attnlab."):
+        level, frame = level + 1, frame.f_back
+    return level
+
+
 def deprecated_alias(fn: Callable[..., Any], qualname: str, message: str) -> Callable[..., Any]:
     """``fn`` under an old name (``qualname``, e.g. ``"linear_attention"``): the same call and
     signature, with ``DeprecationWarning(message)`` each time it is called."""
 
     @functools.wraps(fn)
     def alias(*args: Any, **kwargs: Any) -> Any:
-        warnings.warn(message, DeprecationWarning, stacklevel=2)
+        warnings.warn(message, DeprecationWarning, stacklevel=_user_stacklevel())
         return fn(*args, **kwargs)
 
     alias.__name__, alias.__qualname__ = qualname.rpartition(".")[2], qualname
