@@ -189,3 +189,18 @@ def test_cli_writes_no_empty_plot_and_says_why(tmp_path, capsys):
     assert not list(run.glob("*.png"))
     why = "No plot for synthetic softmax T=1: no method applies (nystrom (nystrom is non-causal and takes no mask))."
     assert why in (run / "report.md").read_text() and why in capsys.readouterr().out
+
+
+def test_approx_error_is_a_study_of_the_launcher(tmp_path):
+    """`attnlab study approx-error --preset quick` (YAML) runs through the launcher and resumes."""
+    import json
+
+    from attnlab.studies import launcher
+
+    small = {"rs": (1, 2), "temperatures": (0.5, 1.0), "kernels": ("softmax",), "methods": ("topr", "va-greedy"),
+             "length": 8, "head_dim": 4}
+    path = launcher.run_study("approx-error", "quick", out=tmp_path, overrides=small, progress=False)
+    assert len(read(path / "approx_error.csv")) == 2 * 2 * 2 and (path / "report.md").is_file()
+    assert launcher.run_study("approx-error", "quick", resume=path, progress=False) == path
+    sessions = json.loads((path / "run.json").read_text())["sessions"]
+    assert [s["cells_run"] for s in sessions] == [2, 0]  # one cell per (kernel, temperature), none twice

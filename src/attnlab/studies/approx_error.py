@@ -30,167 +30,95 @@ Synthetic data: q, k, v ~ N(0, 1) (B, H, L, D) from a seeded generator, scores
 ``s = q.k / (sqrt(D) T)``: temperature T < 1 sharpens the weights, T > 1 flattens them. The
 homogeneous kernels (squared, relu, relu2) give the same normalized weights at every T (up to
 eps): for them the temperature grid is flat by construction.
+
+It is a study of the launcher too: ``attnlab study approx-error --preset quick`` reads the options
+from ``configs/studies/approx-error/quick.yaml`` (one cell per kernel and temperature, or one per
+captured model), and ``attnlab approx-error [options]`` builds the same preset from its options.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import math
 import sys
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-from torch import Tensor
 
-from ..approx.oracles import available_oracles, oracle_attention
-from ..approx.registry import approximate_attention
-from ..backends._common import visibility
-from ..functional import attention
-from ..metrics import entropy, skewness, top_r_mass, value_aware_error, value_oblivious_error
+from ..approx.oracles import available_oracles
+from .approx_methods import (
+    DEFAULT_METHODS,
+    PRACTICAL,
+    VALUE_AWARE,
+    compare_methods,
+    hf_token_batch,
+    load_hf_model,
+    load_trained_model,
+    method_output,
+    oracle_attention,
+    skip_reason,
+    synthetic_qkv,
+)
+from .base import Cell, CellContext, Study, register_study
+from .report import RunDir
 
-__all__ = ["PRACTICAL", "VALUE_AWARE", "build_parser", "compare_methods", "hf_token_batch", "load_hf_model",
-           "load_trained_model", "main", "method_output", "oracle_attention", "plot_series", "run", "skip_reason",
-           "synthetic_qkv"]
-
-PRACTICAL = ("topk", "performer", "nystrom", "linear", "cosformer")
-VALUE_AWARE = ("va-greedy", "va-swap", "va-exact", "omp")
-DEFAULT_METHODS = ("topr", "topr-l2", "va-greedy", "va-exact", "omp", "topk", "performer", "nystrom",
-                   "linear", "cosformer")
-
-
-def skip_reason(method: str, r: int, *, kernel: str, is_causal: bool, masked: bool, L: int, S: int, D_v: int,
-                va_exact_max_subsets: int = 5000) -> str | None:
-    """Why ``method`` at budget ``r`` does not apply to this problem (None: it does)."""
-    if method in ("performer", "nystrom") and kernel != "softmax":
-        return f"{method} approximates softmax only"
-    if method == "nystrom" and (is_causal or masked):
-        return "nystrom is non-causal and takes no mask"
-    if method == "nystrom" and r > min(L, S):
-        return f"nystrom needs r <= min(L, S) = {min(L, S)}"
-    if method == "va-exact" and math.comb(S, min(r, D_v + 1)) > va_exact_max_subsets:
-        return f"va-exact infeasible: C({S}, {min(r, D_v + 1)}) > {va_exact_max_subsets} supports"
-    return None
+__all__ = ["PRACTICAL", "STUDY", "VALUE_AWARE", "ApproxErrorPreset", "build_parser", "compare_methods",
+           "hf_token_batch", "load_hf_model", "load_trained_model", "main", "method_output", "oracle_attention",
+           "plot_series", "run", "skip_reason", "synthetic_qkv"]
 
 
-def method_output(method: str, r: int, q: Tensor, k: Tensor, v: Tensor, *, kernel: str = "softmax",
-                  attn_mask: Tensor | None = None, is_causal: bool = False, scale: float | None = None,
-                  eps: float = 1e-6, features_per_r: int = 4, seed: int = 0) -> tuple[Tensor, Tensor | None]:
-    """The approximate output of ``method`` at budget ``r`` (see the module table) and its weights
-    p_hat (oracles) or None (practical methods).
+@dataclass(frozen=True)
+class ApproxErrorPreset:
+    """The options of ``attnlab approx-error`` (same names, ``-`` as ``_``), validated."""
 
-    Raises:
-        ValueError: a method that is neither an oracle nor a practical method.
-    """
-    kw: dict[str, Any] = dict(attn_mask=attn_mask, is_causal=is_causal, enable_gqa=q.shape[-3] != k.shape[-3])
-    if method in available_oracles():
-        out, _, p_hat = oracle_attention(q, k, v, method=method, r=r, kernel=kernel, scale=scale, eps=eps,
-                                         return_weights=True, **kw)
-        return out, p_hat
-    options: dict[str, Any] = {
-        "topk": dict(top_k=r, kernel=kernel, scale=scale, eps=eps),
-        "performer": dict(num_features=features_per_r * r, seed=seed, scale=scale, eps=eps),
-        "nystrom": dict(num_landmarks=r, scale=scale),
-        "linear": dict(eps=eps), "cosformer": dict(eps=eps),
-    }.get(method)
-    if options is None:
-        raise ValueError(f"method must be one of {available_oracles() + list(PRACTICAL)}, got {method!r}")
-    if method == "nystrom":
-        kw.pop("attn_mask"), kw.pop("is_causal")
-    return approximate_attention(q, k, v, method=method, **options, **kw), None
+    methods: tuple[str, ...] = DEFAULT_METHODS
+    rs: tuple[int, ...] = (1, 2, 4, 8, 16)
+    kernels: tuple[str, ...] = ("softmax", "expressive", "squared", "relu")
+    temperatures: tuple[float, ...] = (0.25, 0.5, 1.0, 2.0, 4.0)
+    batch: int = 1
+    heads: int = 2
+    length: int = 64
+    head_dim: int = 16
+    causal: bool = False
+    checkpoint: str | None = None
+    hf_model: str | None = None
+    features_per_r: int = 4
+    va_exact_max_subsets: int = 5000
+    plot_temperature: float = 1.0
+    seed: int = 0
 
+    def __post_init__(self) -> None:
+        from ..kernels import available_kernels
 
-def compare_methods(q: Tensor, k: Tensor, v: Tensor, *, kernel: str, methods: Sequence[str], rs: Sequence[int],
-                    attn_mask: Tensor | None = None, is_causal: bool = False, scale: float | None = None,
-                    eps: float = 1e-6, features_per_r: int = 4, seed: int = 0,
-                    va_exact_max_subsets: int = 5000, progress: Any = None) -> list[dict[str, Any]]:
-    """One row per (method, r) with the errors and the statistics of p (see the module doc);
-    methods that do not apply get a row with ``skipped`` set and no errors."""
-    out, p = attention(q, k, v, kernel=kernel, attn_mask=attn_mask, is_causal=is_causal, scale=scale,
-                       enable_gqa=q.shape[-3] != k.shape[-3], eps=eps, return_weights=True)
-    L, S = p.shape[-2:]
-    vis = visibility(attn_mask, is_causal, L, S, p.device)
-    stats = {"entropy": float(entropy(p, visible=vis).mean()), "skewness": float(skewness(p, visible=vis).mean())}
-    rows = []
-    for method in methods:
-        for r in rs if method not in ("linear", "cosformer") else [min(rs)]:
-            row: dict[str, Any] = {"method": method, "r": r, "value_aware_error": None,
-                                   "value_oblivious_error": None}
-            row["top_r_mass"] = float(top_r_mass(p, min(r, S), visible=vis).mean())
-            row.update(stats)
-            reason = skip_reason(method, r, kernel=kernel, is_causal=is_causal, masked=attn_mask is not None,
-                                 L=L, S=S, D_v=v.shape[-1], va_exact_max_subsets=va_exact_max_subsets)
-            row["skipped"] = reason or ""
-            if reason is None:
-                o_hat, p_hat = method_output(method, r, q, k, v, kernel=kernel, attn_mask=attn_mask,
-                                             is_causal=is_causal, scale=scale, eps=eps,
-                                             features_per_r=features_per_r, seed=seed)
-                row["value_aware_error"] = float(value_aware_error(out.double(), o_hat.double()))
-                if p_hat is not None:
-                    row["value_oblivious_error"] = float(value_oblivious_error(p.double(), p_hat.double()))
-            rows.append(row)
-            if progress is not None:
-                progress.update(1)
-    return rows
+        for name in ("rs", "temperatures"):
+            if any(not x > 0 for x in getattr(self, name)):
+                raise ValueError(f"--{name} must all be > 0, got {list(getattr(self, name))}")
+        for name in ("batch", "heads", "length", "head_dim", "features_per_r", "va_exact_max_subsets"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
+        if max(self.rs) > self.length:
+            raise ValueError(f"--rs must be <= --length ({self.length}), got {max(self.rs)}")
+        if self.checkpoint is not None and self.hf_model is not None:
+            raise ValueError("--checkpoint and --hf-model: give at most one")
+        if self.hf_model is not None:
+            from .._argparse import check_hf_model
+
+            check_hf_model(self.hf_model)
+        bad = [k for k in self.kernels if k not in available_kernels()]
+        if bad:
+            raise ValueError(f"--kernels must be in {available_kernels()}, got {bad}")
+        bad = [m for m in self.methods if m not in available_oracles() + list(PRACTICAL)]
+        if bad:
+            raise ValueError(f"--methods must be in {available_oracles() + list(PRACTICAL)}, got {bad}")
 
 
-def synthetic_qkv(*, batch: int = 1, heads: int = 2, length: int = 64, head_dim: int = 16,
-                  seed: int = 0) -> tuple[Tensor, Tensor, Tensor]:
-    """q, k, v ~ N(0, 1), each (batch, heads, length, head_dim), from a seeded local generator."""
-    g = torch.Generator().manual_seed(seed)
-    q, k, v = torch.randn(3, batch, heads, length, head_dim, generator=g).unbind(0)
-    return q, k, v
-
-
-def load_trained_model(path: str | Path) -> tuple[Any, Any]:
-    """The model of an ``attnlab train`` run folder (its run.json and newest complete checkpoint,
-    :func:`attnlab.checkpoints.load_trained_model`), in eval mode, and its
-    :class:`attnlab.config.RunConfig`.
-
-    Raises:
-        ValueError: ``path`` holds no run.json or no checkpoint.
-    """
-    from ..checkpoints import load_trained_model as load
-
-    try:
-        return load(path)
-    except ValueError as err:
-        raise ValueError(f"checkpoint{str(err).removeprefix('run_dir')}") from None
-
-
-def load_hf_model(name_or_path: str) -> Any:
-    """A Hugging Face causal LM from a local folder or the local cache (no network), in eval mode,
-    with its attention dropout irrelevant (eval) and its implementation unchanged."""
-    from transformers import AutoModelForCausalLM
-
-    return AutoModelForCausalLM.from_pretrained(name_or_path, local_files_only=True).eval()
-
-
-def hf_token_batch(name_or_path: str, vocab_size: int, *, batch: int, length: int, seed: int) -> Tensor:
-    """(batch, length) token ids: random windows of the stdlib corpus' validation split, encoded by
-    the model's own tokenizer when one is saved beside it, else as bytes modulo ``vocab_size``
-    (a fallback for tokenizer-less test models, noted here because its loss means little)."""
-    from ..data.corpus import load_corpus
-
-    text = load_corpus("stdlib", split="validation", max_bytes=200_000)
-    ids: list[int] = []
-    try:
-        from transformers import AutoTokenizer
-
-        ids = AutoTokenizer.from_pretrained(name_or_path, local_files_only=True)(text)["input_ids"]
-    except (OSError, ValueError, TypeError):
-        pass
-    if len(ids) <= length:  # no usable tokenizer saved (transformers may build an empty one)
-        ids = list(text.encode("utf-8"))
-    tokens = torch.as_tensor(ids, dtype=torch.long) % vocab_size
-    g = torch.Generator().manual_seed(seed)
-    starts = torch.randint(0, len(tokens) - length, (batch,), generator=g)
-    return torch.stack([tokens[s: s + length] for s in starts.tolist()])
-
-
-def _groups(args: argparse.Namespace) -> list[tuple[str, str, str, dict[str, Any]]]:
-    """(source, kernel, condition, compare_methods inputs) for every problem the options ask for."""
+def _groups(args: Any, only: tuple[str, float] | None = None) -> list[tuple[str, str, str, dict[str, Any]]]:
+    """(source, kernel, condition, compare_methods inputs) for every problem the options ask for
+    (synthetic: only the (kernel, temperature) ``only`` when given)."""
     from ..capture import capture_qkv
     from ..data.sources import make_source
     from ..models import mlm_mask
@@ -201,6 +129,8 @@ def _groups(args: argparse.Namespace) -> list[tuple[str, str, str, dict[str, Any
                                 seed=args.seed)
         for kernel in args.kernels:
             for t in args.temperatures:
+                if only is not None and (kernel, t) != only:
+                    continue
                 groups.append(("synthetic", kernel, f"T={t:g}", dict(
                     q=q, k=k, v=v, kernel=kernel, is_causal=args.causal, scale=1 / (math.sqrt(args.head_dim) * t))))
         return groups
@@ -250,26 +180,31 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
-def _check(args: argparse.Namespace) -> None:
-    from ..kernels import available_kernels
+def cells(p: ApproxErrorPreset) -> list[Cell]:
+    """Synthetic data: one cell per (kernel, temperature); a model: one cell (every layer)."""
+    fixed = {k: v for k, v in dataclasses.asdict(p).items() if k not in ("plot_temperature", "kernels",
+                                                                         "temperatures")}
+    if p.checkpoint is None and p.hf_model is None:
+        return [Cell(f"{kernel}/T={t:g}", {**fixed, "kernel": kernel, "temperature": t})
+                for kernel in p.kernels for t in p.temperatures]
+    return [Cell("model", {**fixed, "kernels": p.kernels})]
 
-    for name in ("rs", "temperatures"):
-        if any(not x > 0 for x in getattr(args, name)):
-            raise ValueError(f"--{name} must all be > 0, got {getattr(args, name)}")
-    for name in ("batch", "heads", "length", "head_dim", "features_per_r", "va_exact_max_subsets"):
-        if getattr(args, name) < 1:
-            raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
-    if max(args.rs) > args.length:
-        raise ValueError(f"--rs must be <= --length ({args.length}), got {max(args.rs)}")
-    if args.checkpoint is not None and args.hf_model is not None:
-        raise ValueError("--checkpoint and --hf-model: give at most one")
-    if args.hf_model is not None:
-        from .._argparse import check_hf_model
 
-        check_hf_model(args.hf_model)
-    bad = [k for k in args.kernels if k not in available_kernels()]
-    if bad:
-        raise ValueError(f"--kernels must be in {available_kernels()}, got {bad}")
+def run_cell(p: ApproxErrorPreset, cell: Cell, ctx: CellContext) -> dict[str, Any]:
+    """The rows of :func:`compare_methods` for the cell's problems, computed on ``ctx.device``."""
+    only = (cell.config["kernel"], cell.config["temperature"]) if "kernel" in cell.config else None
+    rows = []
+    for source, kernel, cond, inputs in _groups(p, only):
+        inputs = {k: v.to(ctx.device) if isinstance(v, torch.Tensor) else v for k, v in inputs.items()}
+        for row in compare_methods(methods=p.methods, rs=p.rs, features_per_r=p.features_per_r, seed=p.seed,
+                                   va_exact_max_subsets=p.va_exact_max_subsets, **inputs):
+            rows.append({"source": source, "kernel": kernel, "condition": cond, **row})
+    return {"rows": rows}
+
+
+def summarize(p: ApproxErrorPreset, results: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every cell's rows, in the cells' order."""
+    return [row for cell in cells(p) for row in results[cell.key]["rows"]]
 
 
 def plot_series(rows: Sequence[dict[str, Any]], methods: Sequence[str], rs: Sequence[int]) -> tuple[
@@ -303,22 +238,11 @@ def plot_series(rows: Sequence[dict[str, Any]], methods: Sequence[str], rs: Sequ
     return series, styles, notes, caption
 
 
-def run(args: argparse.Namespace) -> Path:
-    """Run the comparison the parsed options describe; returns the run folder."""
-    from tqdm import tqdm
+def report(args: ApproxErrorPreset, run_dir: RunDir, results: dict[str, Any], rows: list[dict[str, Any]],
+           info: dict[str, Any]) -> None:
+    """approx_error.csv, one error-vs-r plot per problem (synthetic: at ``plot_temperature``), report.md."""
+    from .report import line_plot, markdown_table
 
-    from .report import RunDir, line_plot, markdown_table
-
-    groups = _groups(args)
-    run_dir = RunDir.create(args.out, "approx-error", config=vars(args), seeds=[args.seed])
-    per = sum(len(args.rs) if m not in ("linear", "cosformer") else 1 for m in args.methods)
-    rows = []
-    with tqdm(total=per * len(groups), desc="approx-error", dynamic_ncols=True) as bar:
-        for source, kernel, cond, inputs in groups:
-            for row in compare_methods(methods=args.methods, rs=args.rs, features_per_r=args.features_per_r,
-                                       seed=args.seed, va_exact_max_subsets=args.va_exact_max_subsets,
-                                       progress=bar, **inputs):
-                rows.append({"source": source, "kernel": kernel, "condition": cond, **row})
     run_dir.write_csv("approx_error.csv", rows)
     cols = ["source", "kernel", "condition", "method", "r", "value_aware_error", "value_oblivious_error",
             "top_r_mass", "skewness", "skipped"]
@@ -345,18 +269,39 @@ def run(args: argparse.Namespace) -> Path:
             lines += [caption, ""] if caption else []
     lines += [markdown_table(rows, cols), ""]
     run_dir.write_text("report.md", "\n".join(lines))
-    return run_dir.path
 
 
-def main(argv: list[str] | None = None) -> int:
-    """``attnlab approx-error [options]``; returns an exit code (2 for bad options, before any work)."""
+
+STUDY = register_study(Study("approx-error", ApproxErrorPreset, cells, run_cell, summarize, report,
+                             seeds=lambda p: [p.seed]))
+
+
+def run(args: argparse.Namespace | ApproxErrorPreset, *, out: str | Path | None = None, device: str = "cpu",
+        jobs: int | None = None) -> Path:
+    """Run the comparison the parsed options (or a preset) describe through the launcher; returns
+    the run folder (under ``out``, else ``args.out``, else ``reports``)."""
+    from .launcher import run_study
+
+    preset = args if isinstance(args, ApproxErrorPreset) else _preset(args)
+    return run_study("approx-error", preset, out=out or getattr(args, "out", "reports"), device=device, jobs=jobs)
+
+
+def _preset(args: argparse.Namespace) -> ApproxErrorPreset:
+    names = {f.name for f in dataclasses.fields(ApproxErrorPreset)}
+    return ApproxErrorPreset(**{k: tuple(v) if isinstance(v, list) else v for k, v in vars(args).items()
+                                if k in names})
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``attnlab approx-error [options]``: the options become an :class:`ApproxErrorPreset` run
+    by the launcher; returns an exit code (2 for bad options, one line, before any work)."""
     args = build_parser().parse_args(argv)
     try:
-        _check(args)
+        preset = _preset(args)
     except ValueError as err:
         print(f"attnlab approx-error: error: {err}", file=sys.stderr)
         return 2
-    print(run(args))
+    print(run(preset, out=args.out))
     return 0
 
 

@@ -20,7 +20,7 @@ from torch import Tensor
 from ..functional import attention
 from ..metrics import skewness
 from ..models import ModelConfig
-from .approx_error import method_output
+from .approx_methods import method_output
 
 __all__ = ["LayerProbe", "evaluate_tokens", "hf_tokens", "run_config", "source_for"]
 

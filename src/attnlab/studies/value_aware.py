@@ -32,7 +32,7 @@ from typing import Any
 
 from ..models import ModelConfig
 from ..models.config import check_field_types
-from .approx_error import load_trained_model, skip_reason
+from .approx_methods import load_trained_model, skip_reason
 from .base import Cell, CellContext, PresetTable, Study, register_study
 from .va_eval import LayerProbe, evaluate_tokens, hf_tokens, run_config, source_for
 from .va_report import SMOKE_STEPS, report, smoke_caveat, summarize
@@ -160,7 +160,7 @@ def run_cell(preset: ValueAwarePreset, cell: Cell, ctx: CellContext) -> dict[str
         last = train(cfg, resume=resume, overwrite=not resume, source=source_for(preset.max_bytes, preset.context))
         return {"train_loss": last.get("loss"), "seconds": time.perf_counter() - t0}
     if cell.key.startswith("hf/"):
-        from .approx_error import hf_token_batch, load_hf_model
+        from .approx_methods import hf_token_batch, load_hf_model
 
         model = load_hf_model(c["hf_model"])
         length = min(preset.context, int(getattr(model.config, "n_positions", None) or

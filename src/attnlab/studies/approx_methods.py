@@ -1,0 +1,158 @@
+"""The measurements of ``attnlab approx-error`` (and of Study 1's layer probe): what each method
+returns at budget r, when it does not apply, and the error rows of one attention problem; plus the
+inputs: synthetic Q/K/V, attnlab checkpoints, local Hugging Face models and their token batches.
+See :mod:`attnlab.studies.approx_error` for the methods' budgets.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from ..approx.oracles import available_oracles, oracle_attention
+from ..approx.registry import approximate_attention
+from ..backends._common import visibility
+from ..functional import attention
+from ..metrics import entropy, skewness, top_r_mass, value_aware_error, value_oblivious_error
+
+__all__ = ["DEFAULT_METHODS", "PRACTICAL", "VALUE_AWARE", "compare_methods", "hf_token_batch", "load_hf_model",
+           "load_trained_model", "method_output", "oracle_attention", "skip_reason", "synthetic_qkv"]
+
+PRACTICAL = ("topk", "performer", "nystrom", "linear", "cosformer")
+VALUE_AWARE = ("va-greedy", "va-swap", "va-exact", "omp")
+DEFAULT_METHODS = ("topr", "topr-l2", "va-greedy", "va-exact", "omp", "topk", "performer", "nystrom",
+                   "linear", "cosformer")
+
+
+def skip_reason(method: str, r: int, *, kernel: str, is_causal: bool, masked: bool, L: int, S: int, D_v: int,
+                va_exact_max_subsets: int = 5000) -> str | None:
+    """Why ``method`` at budget ``r`` does not apply to this problem (None: it does)."""
+    if method in ("performer", "nystrom") and kernel != "softmax":
+        return f"{method} approximates softmax only"
+    if method == "nystrom" and (is_causal or masked):
+        return "nystrom is non-causal and takes no mask"
+    if method == "nystrom" and r > min(L, S):
+        return f"nystrom needs r <= min(L, S) = {min(L, S)}"
+    if method == "va-exact" and math.comb(S, min(r, D_v + 1)) > va_exact_max_subsets:
+        return f"va-exact infeasible: C({S}, {min(r, D_v + 1)}) > {va_exact_max_subsets} supports"
+    return None
+
+
+def method_output(method: str, r: int, q: Tensor, k: Tensor, v: Tensor, *, kernel: str = "softmax",
+                  attn_mask: Tensor | None = None, is_causal: bool = False, scale: float | None = None,
+                  eps: float = 1e-6, features_per_r: int = 4, seed: int = 0) -> tuple[Tensor, Tensor | None]:
+    """The approximate output of ``method`` at budget ``r`` (see the module table) and its weights
+    p_hat (oracles) or None (practical methods).
+
+    Raises:
+        ValueError: a method that is neither an oracle nor a practical method.
+    """
+    kw: dict[str, Any] = dict(attn_mask=attn_mask, is_causal=is_causal, enable_gqa=q.shape[-3] != k.shape[-3])
+    if method in available_oracles():
+        out, _, p_hat = oracle_attention(q, k, v, method=method, r=r, kernel=kernel, scale=scale, eps=eps,
+                                         return_weights=True, **kw)
+        return out, p_hat
+    options: dict[str, Any] = {
+        "topk": dict(top_k=r, kernel=kernel, scale=scale, eps=eps),
+        "performer": dict(num_features=features_per_r * r, seed=seed, scale=scale, eps=eps),
+        "nystrom": dict(num_landmarks=r, scale=scale),
+        "linear": dict(eps=eps), "cosformer": dict(eps=eps),
+    }.get(method)
+    if options is None:
+        raise ValueError(f"method must be one of {available_oracles() + list(PRACTICAL)}, got {method!r}")
+    if method == "nystrom":
+        kw.pop("attn_mask"), kw.pop("is_causal")
+    return approximate_attention(q, k, v, method=method, **options, **kw), None
+
+
+def compare_methods(q: Tensor, k: Tensor, v: Tensor, *, kernel: str, methods: Sequence[str], rs: Sequence[int],
+                    attn_mask: Tensor | None = None, is_causal: bool = False, scale: float | None = None,
+                    eps: float = 1e-6, features_per_r: int = 4, seed: int = 0,
+                    va_exact_max_subsets: int = 5000, progress: Any = None) -> list[dict[str, Any]]:
+    """One row per (method, r) with the errors and the statistics of p (see the module doc);
+    methods that do not apply get a row with ``skipped`` set and no errors."""
+    out, p = attention(q, k, v, kernel=kernel, attn_mask=attn_mask, is_causal=is_causal, scale=scale,
+                       enable_gqa=q.shape[-3] != k.shape[-3], eps=eps, return_weights=True)
+    L, S = p.shape[-2:]
+    vis = visibility(attn_mask, is_causal, L, S, p.device)
+    stats = {"entropy": float(entropy(p, visible=vis).mean()), "skewness": float(skewness(p, visible=vis).mean())}
+    rows = []
+    for method in methods:
+        for r in rs if method not in ("linear", "cosformer") else [min(rs)]:
+            row: dict[str, Any] = {"method": method, "r": r, "value_aware_error": None,
+                                   "value_oblivious_error": None}
+            row["top_r_mass"] = float(top_r_mass(p, min(r, S), visible=vis).mean())
+            row.update(stats)
+            reason = skip_reason(method, r, kernel=kernel, is_causal=is_causal, masked=attn_mask is not None,
+                                 L=L, S=S, D_v=v.shape[-1], va_exact_max_subsets=va_exact_max_subsets)
+            row["skipped"] = reason or ""
+            if reason is None:
+                o_hat, p_hat = method_output(method, r, q, k, v, kernel=kernel, attn_mask=attn_mask,
+                                             is_causal=is_causal, scale=scale, eps=eps,
+                                             features_per_r=features_per_r, seed=seed)
+                row["value_aware_error"] = float(value_aware_error(out.double(), o_hat.double()))
+                if p_hat is not None:
+                    row["value_oblivious_error"] = float(value_oblivious_error(p.double(), p_hat.double()))
+            rows.append(row)
+            if progress is not None:
+                progress.update(1)
+    return rows
+
+
+def synthetic_qkv(*, batch: int = 1, heads: int = 2, length: int = 64, head_dim: int = 16,
+                  seed: int = 0) -> tuple[Tensor, Tensor, Tensor]:
+    """q, k, v ~ N(0, 1), each (batch, heads, length, head_dim), from a seeded local generator."""
+    g = torch.Generator().manual_seed(seed)
+    q, k, v = torch.randn(3, batch, heads, length, head_dim, generator=g).unbind(0)
+    return q, k, v
+
+
+def load_trained_model(path: str | Path) -> tuple[Any, Any]:
+    """The model of an ``attnlab train`` run folder (its run.json and newest complete checkpoint,
+    :func:`attnlab.checkpoints.load_trained_model`), in eval mode, and its
+    :class:`attnlab.config.RunConfig`.
+
+    Raises:
+        ValueError: ``path`` holds no run.json or no checkpoint.
+    """
+    from ..checkpoints import load_trained_model as load
+
+    try:
+        return load(path)
+    except ValueError as err:
+        raise ValueError(f"checkpoint{str(err).removeprefix('run_dir')}") from None
+
+
+def load_hf_model(name_or_path: str) -> Any:
+    """A Hugging Face causal LM from a local folder or the local cache (no network), in eval mode,
+    with its attention dropout irrelevant (eval) and its implementation unchanged."""
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(name_or_path, local_files_only=True).eval()
+
+
+def hf_token_batch(name_or_path: str, vocab_size: int, *, batch: int, length: int, seed: int) -> Tensor:
+    """(batch, length) token ids: random windows of the stdlib corpus' validation split, encoded by
+    the model's own tokenizer when one is saved beside it, else as bytes modulo ``vocab_size``
+    (a fallback for tokenizer-less test models, noted here because its loss means little)."""
+    from ..data.corpus import load_corpus
+
+    text = load_corpus("stdlib", split="validation", max_bytes=200_000)
+    ids: list[int] = []
+    try:
+        from transformers import AutoTokenizer
+
+        ids = AutoTokenizer.from_pretrained(name_or_path, local_files_only=True)(text)["input_ids"]
+    except (OSError, ValueError, TypeError):
+        pass
+    if len(ids) <= length:  # no usable tokenizer saved (transformers may build an empty one)
+        ids = list(text.encode("utf-8"))
+    tokens = torch.as_tensor(ids, dtype=torch.long) % vocab_size
+    g = torch.Generator().manual_seed(seed)
+    starts = torch.randint(0, len(tokens) - length, (batch,), generator=g)
+    return torch.stack([tokens[s: s + length] for s in starts.tolist()])
