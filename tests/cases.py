@@ -33,8 +33,8 @@ class Case:
             parts.append(f"mask-{self.mask}")
         return "-".join(parts)
 
-    def make(self, dtype=torch.float64, seed: int = 0, requires_grad: bool = False):
-        """(q, k, v, mask) in ``dtype``; q/k scaled so that scores are O(1)-O(3)."""
+    def make(self, dtype=torch.float64, seed: int = 0, requires_grad: bool = False, device: str = "cpu"):
+        """(q, k, v, mask) in ``dtype`` on ``device``; q/k scaled so that scores are O(1)-O(3)."""
         g = torch.Generator().manual_seed(seed)
         S, Hkv, Dv = self.S or self.L, self.Hkv or self.H, self.Dv or self.D
         q = torch.randn(self.B, self.H, self.L, self.D, generator=g, dtype=torch.float64) * 1.5
@@ -49,8 +49,8 @@ class Case:
         elif self.mask == "empty-rows":
             mask = torch.rand(self.B, self.H, self.L, S, generator=g) > 0.5
             mask[:, :, ::3] = False
-        tensors = [t.to(dtype).requires_grad_(requires_grad) for t in (q, k, v)]
-        return (*tensors, mask)
+        tensors = [t.to(device, dtype).requires_grad_(requires_grad) for t in (q, k, v)]
+        return (*tensors, None if mask is None else mask.to(device))
 
     @property
     def gqa(self) -> bool:
@@ -58,12 +58,35 @@ class Case:
 
 
 def backend_kernel_pairs() -> list[tuple[str, str]]:
-    """Every (registered backend, kernel it supports): registering a backend enrols it."""
+    """Every (registered backend, kernel its record computes): registering a backend enrols it."""
     import attnlab
     from attnlab.backends import available_backends, get_backend
 
     return [(b, k) for b in available_backends() for k in attnlab.available_kernels()
             if get_backend(b).supports(attnlab.get_kernel(k))]
+
+
+def devices_here() -> list[str]:
+    """The device types this machine has: every one is swept (a record that lacks it refuses)."""
+    return ["cpu", "cuda"] if torch.cuda.is_available() else ["cpu"]
+
+
+def sweep_device(backend: str) -> str:
+    """Where ``backend``'s record says it runs, among :func:`devices_here` (its first)."""
+    from attnlab.backends import get_backend
+
+    devices = [d for d in get_backend(backend).devices if d in devices_here()]
+    return devices[0] if devices else "cpu"
+
+
+def sweep_dtype(backend: str, preferred: torch.dtype = torch.float64) -> torch.dtype:
+    """``preferred`` where ``backend``'s record takes it, else the widest dtype it takes (edge cases
+    run in float64 on every backend that can, in float32 on one that cannot: ``triton``)."""
+    from attnlab.backends import get_backend
+
+    dtypes = get_backend(backend).dtypes
+    order = (preferred, torch.float64, torch.float32, torch.bfloat16, torch.float16)
+    return next(d for d in order if d in dtypes)
 
 
 CASES = [
@@ -78,24 +101,31 @@ CASES = [
     Case(L=40, S=17, causal=True),
     Case(B=1, H=1, L=1, S=1),
     Case(B=3, H=1, L=65, D=8, Dv=12, causal=True, mask="random"),
+    Case(B=1, H=2, L=70, S=67, D=64, Dv=48, causal=True, mask="padding"),  # D=64, Dv=48: padded by triton
+]
+#: The cases of the low-precision sweep (bf16, fp16: FlashAttention's rule).
+LOW_PRECISION_CASES = [
+    Case(causal=True),
+    Case(mask="random", H=4, Hkv=2),
+    Case(L=17, S=40, Dv=8, mask="empty-rows"),
 ]
 
 
-def skip_if_refused(backend: str, kernel: str, q, k, v, mask, *, causal: bool = False, gqa: bool = False) -> None:
-    """A backend may refuse an input it cannot compute exactly (``Backend.accepts``): then the
-    call must raise exactly that reason, and the case is skipped for this backend."""
+def refused(backend: str, kernel: str, q, k, v, mask, *, causal: bool = False, gqa: bool = False) -> bool:
+    """Whether ``backend``'s record refuses this input; if so, the call must raise exactly that
+    reason (asserted here) and the caller returns: every refusal of the sweep is asserted."""
     import re
 
     import pytest
 
     import attnlab
     from attnlab.backends import get_backend
-    from attnlab.functional import canonicalize
+    from attnlab.problem import build_problem
 
-    problem, _ = canonicalize(q, k, v, mask, causal, None, gqa, 1e-6, attnlab.get_kernel(kernel))
-    reason = get_backend(backend).accepts(problem)
-    if reason is not None:
-        with pytest.raises(ValueError, match=re.escape(reason)):
-            attnlab.attention(q, k, v, kernel=kernel, attn_mask=mask, is_causal=causal, enable_gqa=gqa,
-                              backend=backend)
-        pytest.skip(reason)
+    problem = build_problem(q, k, v, kernel=kernel, attn_mask=mask, is_causal=causal, enable_gqa=gqa)
+    reason = get_backend(backend).refusal(problem)
+    if reason is None:
+        return False
+    with pytest.raises(ValueError, match=re.escape(reason)):
+        attnlab.attention(q, k, v, kernel=kernel, attn_mask=mask, is_causal=causal, enable_gqa=gqa, backend=backend)
+    return True

@@ -1,5 +1,8 @@
 """Shared fixtures: NaN-filled fresh allocations in every backend, seeded generators.
 
+Nothing is routed out of the sweeps here: each backend's record says which kernels, dtypes and
+devices it takes, and the sweeps compare those and assert every refusal (tests/cases.py).
+
 Without CUDA, Triton's CPU interpreter is switched on here, before anything imports attnlab or
 triton: triton 3.x reads TRITON_INTERPRET when ``@triton.jit`` decorates a kernel (at the import
 of ``attnlab.backends.triton_kernels``), and attnlab registers its ``triton`` backend only where
@@ -37,20 +40,3 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
-
-
-#: Why the registry-wide sweeps leave out backend 'triton' (see below).
-TRITON_ROUTED = "backend 'triton' is swept by tests/test_triton_backend.py"
-
-
-def pytest_collection_modifyitems(config, items):
-    """Route backend 'triton' out of the registry-wide sweeps (test_attention.py,
-    test_edge_cases.py: every test parametrized by ``backend``) to its own file. The sweeps use
-    CPU tensors, mostly float64, which 'triton' refuses (float64 always, CPU tensors without the
-    interpreter); its file runs the same checks in float32/bf16/fp16 on the device its kernels
-    run on (CUDA, or the interpreter on CPU), at a bounded interpreter cost."""
-    routed = pytest.mark.skip(reason=TRITON_ROUTED)
-    for item in items:
-        params = getattr(getattr(item, "callspec", None), "params", {})
-        if params.get("backend") == "triton" and item.path.name != "test_triton_backend.py":
-            item.add_marker(routed)

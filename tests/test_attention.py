@@ -1,8 +1,10 @@
-"""Every registered backend x kernel x case against the float64 reference, with gradients.
+"""Every registered backend x kernel x dtype x device x case against the float64 reference, with gradients.
 
-Registering a backend enrols it here: the sweep walks ``available_backends()``. Backend ``triton``
-is the exception: tests/conftest.py routes it to tests/test_triton_backend.py, which runs these
-checks in float32/bf16/fp16 on the device its kernels run on (it refuses float64).
+Registering a backend enrols it here from its record (:class:`attnlab.backends.Backend`): every
+kernel it computes, every dtype (float32/float64 on every case, bfloat16/float16 on the
+low-precision cases) and every device this machine has. An input the record refuses (``triton``:
+float64, or CPU tensors without Triton's interpreter; ``linear``: a mask that varies over queries)
+must raise exactly the record's reason, which is asserted; tests/test_sweep.py checks the enrolment.
 """
 
 from __future__ import annotations
@@ -14,10 +16,11 @@ import attnlab
 from attnlab.backends.chunked import chunked_attention
 from attnlab.functional import canonicalize
 from attnlab.testing import assert_close, plain_attention
-from cases import CASES, Case, backend_kernel_pairs, skip_if_refused
+from cases import CASES, LOW_PRECISION_CASES, Case, backend_kernel_pairs, devices_here, refused
 
 KERNELS = attnlab.available_kernels()
 PAIRS = backend_kernel_pairs()
+DEVICES = devices_here()
 
 
 def _run(case: Case, q, k, v, mask, **kw):
@@ -35,24 +38,29 @@ def _ref_and_grads(case: Case, kernel: str, upstream_seed: int = 7):
 @pytest.mark.parametrize("case", CASES, ids=lambda c: c.id)
 @pytest.mark.parametrize(("backend", "kernel"), PAIRS, ids=lambda x: x)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["fp32", "fp64"])
-def test_backend_matches_float64_reference(backend, kernel, case, dtype):
-    q, k, v, mask = case.make(dtype, requires_grad=True)
-    skip_if_refused(backend, kernel, q, k, v, mask, causal=case.causal, gqa=case.gqa)
+@pytest.mark.parametrize("device", DEVICES)
+def test_backend_matches_float64_reference(backend, kernel, case, dtype, device):
+    q, k, v, mask = case.make(dtype, requires_grad=True, device=device)
+    if refused(backend, kernel, q, k, v, mask, causal=case.causal, gqa=case.gqa):
+        return
     ref, ref_grads, g = _ref_and_grads(case, kernel)
     out = _run(case, q, k, v, mask, kernel=kernel, backend=backend)
-    assert out.dtype == dtype
-    assert_close(out, ref)
-    grads = torch.autograd.grad(out, (q, k, v), g.to(dtype))
+    assert out.dtype == dtype and out.device.type == device
+    assert_close(out.cpu(), ref)
+    grads = torch.autograd.grad(out, (q, k, v), g.to(device, dtype))
     for name, got, want in zip("qkv", grads, ref_grads, strict=True):
-        assert_close(got, want, what=f"d{name}")
+        assert_close(got.cpu(), want, what=f"d{name}")
 
 
-@pytest.mark.parametrize("case", [Case(causal=True), Case(mask="random", H=4, Hkv=2)], ids=lambda c: c.id)
+@pytest.mark.parametrize("case", LOW_PRECISION_CASES, ids=lambda c: c.id)
 @pytest.mark.parametrize(("backend", "kernel"), PAIRS, ids=lambda x: x)
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
-def test_low_precision_follows_flash_attention_rule(backend, kernel, case, dtype):
-    q, k, v, mask = case.make(dtype, requires_grad=True)
-    skip_if_refused(backend, kernel, q, k, v, mask, causal=case.causal, gqa=case.gqa)
+@pytest.mark.parametrize("device", DEVICES)
+def test_low_precision_follows_flash_attention_rule(backend, kernel, case, dtype, device):
+    """Error against float64 at most twice plain PyTorch's in the same dtype (+ a floor)."""
+    q, k, v, mask = case.make(dtype, requires_grad=True, device=device)
+    if refused(backend, kernel, q, k, v, mask, causal=case.causal, gqa=case.gqa):
+        return
     ref, ref_grads, g = _ref_and_grads(case, kernel)
     out = _run(case, q, k, v, mask, kernel=kernel, backend=backend)
     assert out.dtype == dtype
@@ -60,11 +68,12 @@ def test_low_precision_follows_flash_attention_rule(backend, kernel, case, dtype
     rep = case.H // (case.Hkv or case.H)
     kr, vr = (x.repeat_interleave(rep, dim=1) for x in (k, v))
     plain = plain_attention(q, kr, vr, kernel=kernel, attn_mask=mask, is_causal=case.causal)
-    assert_close(out, ref, plain=plain)
-    grads = torch.autograd.grad(out, (q, k, v), g.to(dtype))
-    plain_grads = torch.autograd.grad(plain, (q, k, v), g.to(dtype))
+    assert_close(out.cpu(), ref, plain=plain.cpu())
+    g = g.to(device, dtype)
+    grads = torch.autograd.grad(out, (q, k, v), g)
+    plain_grads = torch.autograd.grad(plain, (q, k, v), g)
     for name, got, pl, want in zip("qkv", grads, plain_grads, ref_grads, strict=True):
-        assert_close(got, want, plain=pl, what=f"d{name}")
+        assert_close(got.cpu(), want, plain=pl.cpu(), what=f"d{name}")
 
 
 @pytest.mark.parametrize("case", [Case(B=1, H=2, L=7, S=9, D=4, mask="empty-rows"),
@@ -72,7 +81,8 @@ def test_low_precision_follows_flash_attention_rule(backend, kernel, case, dtype
 @pytest.mark.parametrize(("backend", "kernel"), PAIRS, ids=lambda x: x)
 def test_gradcheck(backend, kernel, case):
     q, k, v, mask = case.make(torch.float64, requires_grad=True)
-    skip_if_refused(backend, kernel, q, k, v, mask, causal=case.causal, gqa=case.gqa)
+    if refused(backend, kernel, q, k, v, mask, causal=case.causal, gqa=case.gqa):
+        return
     assert torch.autograd.gradcheck(
         lambda q, k, v: _run(case, q, k, v, mask, kernel=kernel, backend=backend), (q, k, v)
     )

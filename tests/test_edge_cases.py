@@ -1,4 +1,8 @@
-"""Edge cases and invariances that hold for every kernel and backend."""
+"""Edge cases and invariances that hold for every kernel and backend.
+
+Each backend runs them in float64 where its record takes it (else its widest dtype: ``triton``,
+float32) on a device its record lists (:func:`cases.sweep_dtype`, :func:`cases.sweep_device`);
+an input it refuses must raise the record's reason (:func:`cases.refused`)."""
 
 from __future__ import annotations
 
@@ -9,7 +13,7 @@ import attnlab
 from attnlab.backends import get_backend
 from attnlab.functional import canonicalize
 from attnlab.testing import assert_close
-from cases import Case, backend_kernel_pairs, skip_if_refused
+from cases import Case, backend_kernel_pairs, refused, sweep_device, sweep_dtype
 
 KERNELS = attnlab.available_kernels()
 PAIRS = backend_kernel_pairs()
@@ -17,11 +21,13 @@ PAIRS = backend_kernel_pairs()
 
 @pytest.mark.parametrize(("backend", "kernel"), PAIRS, ids=lambda x: x)
 def test_fully_masked_rows_give_zero_output_and_finite_grads(backend, kernel):
-    q, k, v = (torch.randn(2, 3, 5, 4, dtype=torch.float64, requires_grad=True) for _ in range(3))
-    mask = torch.ones(2, 3, 5, 5, dtype=torch.bool)
+    dt, dev = sweep_dtype(backend), sweep_device(backend)
+    q, k, v = (torch.randn(2, 3, 5, 4, dtype=dt, device=dev, requires_grad=True) for _ in range(3))
+    mask = torch.ones(2, 3, 5, 5, dtype=torch.bool, device=dev)
     mask[0, 1, 2] = False
     mask[1, :, 4] = False
-    skip_if_refused(backend, kernel, q, k, v, mask)
+    if refused(backend, kernel, q, k, v, mask):
+        return
     out = attnlab.attention(q, k, v, kernel=kernel, attn_mask=mask, backend=backend)
     assert (out[0, 1, 2] == 0).all() and (out[1, :, 4] == 0).all()
     out.square().sum().backward()
@@ -33,9 +39,10 @@ def test_fully_masked_rows_give_zero_output_and_finite_grads(backend, kernel):
 @pytest.mark.parametrize(("backend", "kernel"), PAIRS, ids=lambda x: x)
 def test_all_zero_scores(backend, kernel):
     """q = 0: softmax averages the values uniformly; a kernel with f(0) = 0 returns zeros."""
-    q = torch.zeros(1, 2, 4, 8, dtype=torch.float64, requires_grad=True)
-    k = torch.randn(1, 2, 6, 8, dtype=torch.float64, requires_grad=True)
-    v = torch.randn(1, 2, 6, 3, dtype=torch.float64, requires_grad=True)
+    dt, dev = sweep_dtype(backend), sweep_device(backend)
+    q = torch.zeros(1, 2, 4, 8, dtype=dt, device=dev, requires_grad=True)
+    k = torch.randn(1, 2, 6, 8, dtype=dt, device=dev, requires_grad=True)
+    v = torch.randn(1, 2, 6, 3, dtype=dt, device=dev, requires_grad=True)
     out = attnlab.attention(q, k, v, kernel=kernel, backend=backend)
     f0 = float(attnlab.get_kernel(kernel).weights(torch.zeros(1, dtype=torch.float64)))
     kern = attnlab.get_kernel(kernel)
@@ -64,17 +71,19 @@ def test_expressive_huge_scores_in_fp16_do_not_overflow(backend):
 @pytest.mark.parametrize(("backend", "kernel"), PAIRS, ids=lambda x: x)
 @pytest.mark.parametrize("shape", [(0, 2, 5, 4), (2, 2, 0, 4)], ids=["empty-batch", "no-queries"])
 def test_empty_inputs(backend, kernel, shape):
-    q = torch.randn(shape, requires_grad=True)
-    k = torch.randn(shape[0], 2, 5, 4)
-    v = torch.randn(shape[0], 2, 5, 3)
+    dt, dev = sweep_dtype(backend, torch.float32), sweep_device(backend)
+    q = torch.randn(shape, dtype=dt, device=dev, requires_grad=True)
+    k = torch.randn(shape[0], 2, 5, 4, dtype=dt, device=dev)
+    v = torch.randn(shape[0], 2, 5, 3, dtype=dt, device=dev)
     out = attnlab.attention(q, k, v, kernel=kernel, backend=backend)
     assert out.shape == (*shape[:-1], 3)
 
 
 @pytest.mark.parametrize(("backend", "kernel"), PAIRS, ids=lambda x: x)
 def test_no_keys_gives_zeros(backend, kernel):
-    q = torch.randn(1, 2, 3, 4, requires_grad=True)
-    k, v = torch.randn(1, 2, 0, 4), torch.randn(1, 2, 0, 5)
+    dt, dev = sweep_dtype(backend, torch.float32), sweep_device(backend)
+    q = torch.randn(1, 2, 3, 4, dtype=dt, device=dev, requires_grad=True)
+    k, v = torch.randn(1, 2, 0, 4, dtype=dt, device=dev), torch.randn(1, 2, 0, 5, dtype=dt, device=dev)
     out = attnlab.attention(q, k, v, kernel=kernel, backend=backend)
     assert out.shape == (1, 2, 3, 5) and (out == 0).all()
 
@@ -101,9 +110,10 @@ def test_weights_sum_to_one_where_a_key_is_visible(kernel):
 
 @pytest.mark.parametrize(("backend", "kernel"), PAIRS, ids=lambda x: x)
 def test_causal_equals_explicit_triangular_mask(backend, kernel):
-    q, k, v, _ = Case(L=19, S=23).make()
-    tri = torch.ones(19, 23, dtype=torch.bool).tril()
-    skip_if_refused(backend, kernel, q, k, v, tri)
+    q, k, v, _ = Case(L=19, S=23).make(sweep_dtype(backend), device=sweep_device(backend))
+    tri = torch.ones(19, 23, dtype=torch.bool, device=q.device).tril()
+    if refused(backend, kernel, q, k, v, tri):
+        return
     a = attnlab.attention(q, k, v, kernel=kernel, is_causal=True, backend=backend)
     b = attnlab.attention(q, k, v, kernel=kernel, attn_mask=tri, backend=backend)
     assert_close(a, b)
@@ -111,8 +121,10 @@ def test_causal_equals_explicit_triangular_mask(backend, kernel):
 
 @pytest.mark.parametrize(("backend", "kernel"), PAIRS, ids=lambda x: x)
 def test_gqa_equals_repeated_key_value_heads(backend, kernel):
-    q, k, v, mask = Case(H=6, Hkv=2, mask="random", causal=True).make()
-    skip_if_refused(backend, kernel, q, k, v, mask, causal=True, gqa=True)
+    q, k, v, mask = Case(H=6, Hkv=2, mask="random", causal=True).make(sweep_dtype(backend),
+                                                                       device=sweep_device(backend))
+    if refused(backend, kernel, q, k, v, mask, causal=True, gqa=True):
+        return
     a = attnlab.attention(q, k, v, kernel=kernel, attn_mask=mask, is_causal=True, enable_gqa=True,
                           backend=backend)
     kr, vr = (x.repeat_interleave(3, dim=1) for x in (k, v))
@@ -124,8 +136,9 @@ def test_gqa_equals_repeated_key_value_heads(backend, kernel):
 def test_padded_batch_equals_per_sequence(backend, kernel):
     g = torch.Generator().manual_seed(3)
     lengths = [5, 9, 2]
-    q, k, v = (torch.randn(3, 2, 9, 8, generator=g, dtype=torch.float64) for _ in range(3))
-    pad = (torch.arange(9)[None, :] < torch.tensor(lengths)[:, None])[:, None, None, :]
+    dt, dev = sweep_dtype(backend), sweep_device(backend)
+    q, k, v = (torch.randn(3, 2, 9, 8, generator=g, dtype=torch.float64).to(dev, dt) for _ in range(3))
+    pad = (torch.arange(9)[None, :] < torch.tensor(lengths)[:, None])[:, None, None, :].to(dev)
     out = attnlab.attention(q, k, v, kernel=kernel, attn_mask=pad, is_causal=True, backend=backend)
     for b, n in enumerate(lengths):
         alone = attnlab.attention(q[b:b + 1, :, :n], k[b:b + 1, :, :n], v[b:b + 1, :, :n],
@@ -158,8 +171,8 @@ def test_auto_resolution():
 
 
 # --- masked keys are inert (the rule in backends/reference.py) ------------------------------
-# The checks take a backend, dtype and device so that tests/test_triton_backend.py (where the
-# sweep routes 'triton') and tests/test_flex_backend.py run them too.
+# The checks take a backend, dtype and device (default: what the backend's record takes) so that
+# tests/test_flex_backend.py can run them through its own function too.
 
 #: What a masked key may hold. "huge" is finite (float32), but its weight overflows for squared
 #: and relu2 (s^2 > 3.4e38), and 0 * inf = NaN where a backend multiplies by the mask.
@@ -173,7 +186,7 @@ def _poison(x: torch.Tensor, where: torch.Tensor, value: float) -> torch.Tensor:
 
 
 def check_padding_keys_inert(backend: str, kernel: str, causal: bool, poison: str, *,
-                             dtype: torch.dtype | None = None, device: str = "cpu", grads: bool = True,
+                             dtype: torch.dtype | None = None, device: str | None = None, grads: bool = True,
                              run=None) -> None:
     """Keys that no query of their batch element and key/value head sees (a padding mask, and
     with ``is_causal`` the keys after the last query) hold ``poison`` in k AND v: the output
@@ -188,13 +201,15 @@ def check_padding_keys_inert(backend: str, kernel: str, causal: bool, poison: st
     hidden = ~mask[:, :, 0].expand(B, Hkv, S)
     if causal:
         hidden = hidden | (torch.arange(S) >= L)
-    dtype = dtype or (torch.float32 if poison == "huge" else torch.float64)
+    dtype = dtype or (torch.float32 if poison == "huge" else sweep_dtype(backend))
+    device = device or sweep_device(backend)
     qp = q.to(device, dtype).requires_grad_(grads)
     kp = _poison(k, hidden, POISONS[poison]).to(device, dtype).requires_grad_(grads)
     vp = _poison(v, hidden, -POISONS[poison]).to(device, dtype).requires_grad_(grads)
     maskp = mask.to(device)
     if run is None:
-        skip_if_refused(backend, kernel, qp, kp, vp, maskp, causal=causal, gqa=True)
+        if refused(backend, kernel, qp, kp, vp, maskp, causal=causal, gqa=True):
+            return
         out = attnlab.attention(qp, kp, vp, kernel=kernel, attn_mask=maskp, is_causal=causal, enable_gqa=True,
                                 backend=backend)
     else:
@@ -214,7 +229,7 @@ def check_padding_keys_inert(backend: str, kernel: str, causal: bool, poison: st
 
 
 def check_blind_queries(backend: str, kernel: str, hiding: str, poison: str, *,
-                        dtype: torch.dtype = torch.float64, device: str = "cpu", run=None) -> None:
+                        dtype: torch.dtype | None = None, device: str | None = None, run=None) -> None:
     """Key 5 holds NaN or +-inf and is visible to some queries only (the later ones under
     ``is_causal``, half of them under a mask): every query that cannot see it gets the output it
     would get with any finite key there. (Its value, and those queries' dq, are not covered.)"""
@@ -229,10 +244,12 @@ def check_blind_queries(backend: str, kernel: str, hiding: str, poison: str, *,
         mask[..., : L // 2, j], mask[..., L // 2:, j] = False, True
         sees = mask[..., j].expand(B, H, L)
     kp = _poison(k, torch.arange(S) == j, POISONS[poison])
+    dtype, device = dtype or sweep_dtype(backend), device or sweep_device(backend)
     qd, kd, vd = (t.to(device, dtype) for t in (q, kp, v))
     maskd = None if mask is None else mask.to(device)
     if run is None:
-        skip_if_refused(backend, kernel, qd, kd, vd, maskd, causal=causal)
+        if refused(backend, kernel, qd, kd, vd, maskd, causal=causal):
+            return
         out = attnlab.attention(qd, kd, vd, kernel=kernel, attn_mask=maskd, is_causal=causal, backend=backend)
     else:
         out = run(qd, kd, vd, maskd, causal)

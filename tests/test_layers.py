@@ -6,7 +6,7 @@ relative imports resolved. Layers, lowest first::
 
     0  utilities: _checks, _strict, _argparse, io, registry, provenance, profiling, stats (and the
        lazy package root attnlab/__init__, which imports nothing at module level)
-    1  kernels
+    1  kernels, problem (the validated call), methods (capability records)
     2  backends
     3  functional
     4  nn, approx, metrics, models, testing
@@ -32,8 +32,8 @@ ROOT = "attnlab"
 
 LAYERS: dict[str, int] = {
     "": 0, "_checks": 0, "_strict": 0, "_argparse": 0, "io": 0, "registry": 0, "provenance": 0, "profiling": 0,
-    "stats": 0,
-    "kernels": 1,
+    "stats": 0, "_problem_checks": 0,
+    "kernels": 1, "problem": 1, "methods": 1,
     "backends": 2,
     "functional": 3,
     "nn": 4, "approx": 4, "metrics": 4, "models": 4, "testing": 4,

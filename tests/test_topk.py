@@ -195,7 +195,7 @@ def test_approximate_attention_documents_every_method_its_options_and_the_top_k_
     torch.testing.assert_close(registry.approximate_attention(q, k, v, method="topk"),
                                topk_attention(q, k, v, top_k=32))
     # a method registered later appears too: the list is built from the registry
-    monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))
+    monkeypatch.setattr(registry, "_REGISTRY", registry._REGISTRY.copy())
     monkeypatch.setattr(registry.approximate_attention, "__doc__", doc)
     registry.register_approximation("mine", lambda q, k, v, *, budget=3: v)
     assert "``mine``" in registry.approximate_attention.__doc__

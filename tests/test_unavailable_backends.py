@@ -20,7 +20,9 @@ _find_spec = importlib.util.find_spec
     (True, False, "1", r"it was not registered when attnlab was imported \(TRITON_INTERPRET=1, .* must be set before"),
 ], ids=["not-installed", "no-cuda", "interpreter-requested-too-late"])
 def test_an_unregistered_triton_says_why(monkeypatch, installed, cuda, interpret, why):
-    monkeypatch.delitem(backends._REGISTRY, "triton", raising=False)
+    monkeypatch.setattr(backends, "_REGISTRY", backends._REGISTRY.copy())
+    if "triton" in backends._REGISTRY:
+        backends._REGISTRY.unregister("triton")
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *args: (
         (object() if installed else None) if name == "triton" else _find_spec(name, *args)))
     monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
@@ -37,7 +39,9 @@ def test_an_unregistered_triton_says_why(monkeypatch, installed, cuda, interpret
 
 
 def test_an_unregistered_flex_says_why(monkeypatch):
-    monkeypatch.delitem(backends._REGISTRY, "flex", raising=False)
+    monkeypatch.setattr(backends, "_REGISTRY", backends._REGISTRY.copy())
+    if "flex" in backends._REGISTRY:
+        backends._REGISTRY.unregister("flex")
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     q = torch.randn(1, 1, 3, 4)
     with pytest.raises(ValueError, match=r"backend 'flex' is not available here: it is registered only where CUDA "

@@ -7,21 +7,15 @@ dim. A boolean ``attn_mask`` is True where a query may attend to a key.
 
 from __future__ import annotations
 
-import math
-from numbers import Real
-
-import numpy as np
-import torch
 from torch import Tensor
 
-from .backends import Problem, get_backend, resolve_backend
-from .backends._common import hide_unseen_keys, run_hiding_unseen_keys
+from ._problem_checks import check_flag, draw_dropout_seed  # noqa: F401  (draw_dropout_seed: old home)
+from .backends import Problem, select_backend
 from .backends.reference import reference_attention
-from .kernels import Kernel, get_kernel
+from .kernels import Kernel
+from .problem import build_problem, run_hiding_unseen_keys
 
 __all__ = ["attention", "expressive_attention"]
-
-_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
 def attention(
@@ -100,30 +94,15 @@ def attention(
         >>> torch.allclose(w.sum(-1), torch.ones(2, 4, 16), atol=1e-4)
         True
     """
-    kern = get_kernel(kernel)
-    problem, out_shape = canonicalize(
-        query, key, value, attn_mask, is_causal, scale, enable_gqa, eps, kern, dropout_p=dropout_p,
-        defer_finite_check=True,
-    )
-    return_weights = _check_flag("return_weights", return_weights)
-    if backend == "auto":
-        chosen = resolve_backend(kern, return_weights=return_weights, problem=problem)
-    else:
-        chosen = get_backend(backend)
-    if not chosen.supports(kern):
-        raise ValueError(f"backend {chosen.name!r} does not support kernel {kern.name!r}")
-    refusal = chosen.accepts(problem)
-    if refusal is not None:
-        raise ValueError(refusal)
+    problem = build_problem(query, key, value, kernel=kernel, attn_mask=attn_mask, is_causal=is_causal,
+                            scale=scale, enable_gqa=enable_gqa, eps=eps, dropout_p=dropout_p,
+                            defer_finite_check=True)
+    return_weights = check_flag("return_weights", return_weights)
+    chosen = select_backend(backend, problem, return_weights=return_weights)
     if return_weights:
-        if not chosen.returns_weights:
-            raise ValueError(
-                f"return_weights=True needs backend 'reference' or 'auto', got {chosen.name!r}"
-            )
         out, weights = run_hiding_unseen_keys(lambda p: reference_attention(p, return_weights=True), problem)
-        weights_shape = (*out_shape[:-1], weights.shape[-1])
-        return out.reshape(out_shape), weights.reshape(weights_shape)
-    return run_hiding_unseen_keys(chosen.run, problem).reshape(out_shape)
+        return problem.with_out_shape(out), weights.reshape((*problem.out_shape[:-1], weights.shape[-1]))
+    return problem.with_out_shape(run_hiding_unseen_keys(chosen.run, problem))
 
 
 def expressive_attention(query: Tensor, key: Tensor, value: Tensor, **kwargs) -> Tensor | tuple[Tensor, Tensor]:
@@ -141,181 +120,16 @@ def expressive_attention(query: Tensor, key: Tensor, value: Tensor, **kwargs) ->
     return attention(query, key, value, kernel="expressive", **kwargs)
 
 
-# --- validation ------------------------------------------------------------------------------
-
-
-def _type_name(value: object) -> str:
-    """The exact type of ``value`` for messages: ``float``, ``numpy.bool``, ``torch.Tensor``."""
-    cls = type(value)
-    return cls.__qualname__ if cls.__module__ == "builtins" else f"{cls.__module__}.{cls.__qualname__}"
-
-
-def _check_flag(name: str, value: object) -> bool:
-    """``value`` as a Python bool: a bool or a numpy bool (``numpy.bool_``)."""
-    if isinstance(value, bool):
-        return value
-    if isinstance(value, np.bool_):
-        return bool(value)
-    raise TypeError(f"{name} must be a bool, got {_type_name(value)}")
-
-
-def _check_number(name: str, value: object, *, positive: bool) -> float:
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, Real):
-        raise TypeError(f"{name} must be a real number, got {_type_name(value)}")
-    value = float(value)
-    if not math.isfinite(value) or (value <= 0 if positive else value < 0):
-        bound = "> 0" if positive else ">= 0"
-        raise ValueError(f"{name} must be finite and {bound}, got {value}")
-    return value
-
-
 def canonicalize(
-    query: Tensor,
-    key: Tensor,
-    value: Tensor,
-    attn_mask: Tensor | None,
-    is_causal: bool,
-    scale: float | None,
-    enable_gqa: bool,
-    eps: float,
-    kernel: Kernel,
-    *,
-    dropout_p: float = 0.0,
-    defer_finite_check: bool = False,
+    query: Tensor, key: Tensor, value: Tensor, attn_mask: Tensor | None, is_causal: bool, scale: float | None,
+    enable_gqa: bool, eps: float, kernel: Kernel, *, dropout_p: float = 0.0, defer_finite_check: bool = False,
 ) -> tuple[Problem, tuple[int, ...]]:
-    """Validate an :func:`attention` call and bring it to the canonical 5-D layout of
-    :class:`attnlab.backends.Problem`; returns it and the output shape. Approximations and
-    backends called directly use it to validate exactly as :func:`attention` does. With
-    ``dropout_p > 0`` it draws the call's dropout seed (:func:`draw_dropout_seed`).
-
-    The masked-key rule for padding is applied here (``backends._common.hide_unseen_keys``):
-    keys no query sees are zeroed where some key or value is non-finite. With
-    ``defer_finite_check=True`` and no gradient needed, that check is left to the caller, which
-    must then run the problem through ``backends._common.run_hiding_unseen_keys`` (as
-    :func:`attention` does: it checks the output, which is cheaper when decoding).
+    """The old positional front door: :func:`attnlab.problem.build_problem` and its output shape.
 
     Raises:
         TypeError, ValueError: as :func:`attention`.
     """
-    for name, t in (("query", query), ("key", key), ("value", value)):
-        if not isinstance(t, Tensor):
-            raise TypeError(f"{name} must be a torch.Tensor, got {_type_name(t)}")
-        if t.dtype not in _DTYPES:
-            raise TypeError(f"{name} must be float16, bfloat16, float32 or float64, got {t.dtype}")
-        if t.dim() < 2:
-            raise ValueError(f"{name} must have at least 2 dims (..., L, D), got shape {tuple(t.shape)}")
-    if not (query.dtype == key.dtype == value.dtype):
-        raise TypeError(
-            f"query, key and value must share a dtype, got {query.dtype}, {key.dtype}, {value.dtype}"
-        )
-    if not (query.device == key.device == value.device):
-        raise ValueError(
-            f"query, key and value must be on one device, got {query.device}, {key.device}, {value.device}"
-        )
-    if not (query.dim() == key.dim() == value.dim()):
-        raise ValueError(
-            f"query, key and value must have the same number of dims, got shapes "
-            f"{tuple(query.shape)}, {tuple(key.shape)}, {tuple(value.shape)}"
-        )
-    is_causal = _check_flag("is_causal", is_causal)
-    enable_gqa = _check_flag("enable_gqa", enable_gqa)
-    eps = _check_number("eps", eps, positive=False)
-    dropout_p = _check_dropout(dropout_p)
-
-    # Bring (L, D) to (1, L, D) so that every call has a head dim.
-    no_heads = query.dim() == 2
-    if no_heads:
-        query, key, value = query[None], key[None], value[None]
-        if attn_mask is not None and attn_mask.dim() == 3:
-            raise ValueError(
-                f"attn_mask must have at most 2 dims for 2-D inputs, got shape {tuple(attn_mask.shape)}"
-            )
-    *batch, H, L, D = query.shape
-    *kbatch, Hkv, S, Dk = key.shape
-    *vbatch, Hv, Sv, Dv = value.shape
-    if kbatch != batch or vbatch != batch:
-        raise ValueError(
-            f"query, key and value must share the batch dims {tuple(batch)} (no broadcasting), got "
-            f"{tuple(kbatch)} for key and {tuple(vbatch)} for value"
-        )
-    if Dk != D:
-        raise ValueError(f"key's last dim must equal query's ({D}), got {Dk}")
-    if Sv != S or Hv != Hkv:
-        raise ValueError(
-            f"value must have key's heads and length ({Hkv}, {S}) in dims -3 and -2, got ({Hv}, {Sv})"
-        )
-    if D == 0 or Dv == 0:
-        raise ValueError(f"head dims must be >= 1, got D={D} and D_v={Dv}")
-    if H != Hkv:
-        if not enable_gqa:
-            raise ValueError(
-                f"query has {H} heads and key/value {Hkv}; pass enable_gqa=True for grouped-query attention"
-            )
-        if Hkv == 0 or H % Hkv != 0:
-            raise ValueError(f"with enable_gqa, query heads ({H}) must be a multiple of key/value heads ({Hkv})")
-    G = H // Hkv if Hkv else 1
-    scale = 1.0 / math.sqrt(D) if scale is None else _check_number("scale", scale, positive=True)
-
-    N = math.prod(batch)
-    mask = None if attn_mask is None else _canonical_mask(attn_mask, query, (*batch, H, L, S), Hkv, G)
-    problem = Problem(
-        q=query.reshape(N, Hkv, G, L, D),
-        k=key.reshape(N, Hkv, 1, S, D),
-        v=value.reshape(N, Hkv, 1, S, Dv),
-        mask=mask,
-        kernel=kernel,
-        is_causal=is_causal,
-        scale=scale,
-        eps=eps,
-        dropout_p=dropout_p,
-        dropout_seed=draw_dropout_seed(query.device) if dropout_p > 0 else 0,
-    )
-    out_shape = (L, Dv) if no_heads else (*batch, H, L, Dv)
-    return hide_unseen_keys(problem, defer=defer_finite_check), out_shape
-
-
-def _check_dropout(value: object) -> float:
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, Real):
-        raise TypeError(f"dropout_p must be a real number in [0, 1), got {_type_name(value)}")
-    value = float(value)
-    if not 0.0 <= value < 1.0:  # NaN fails too
-        raise ValueError(f"dropout_p must be in [0, 1), got {value}")
-    return value
-
-
-def draw_dropout_seed(device: torch.device) -> int:
-    """A 64-bit dropout seed from torch's default generator of ``device`` (the CPU generator for
-    CPU tensors, the device's own for CUDA), so that ``torch.manual_seed`` fixes it."""
-    words = torch.randint(0, 2**32, (2,), dtype=torch.int64, device=device).tolist()
-    return words[0] | (words[1] << 32)
-
-
-def _canonical_mask(mask: object, query: Tensor, target: tuple[int, ...], Hkv: int, G: int) -> Tensor:
-    """Check a bool mask against (B..., H, L, S) and view it as (n, h, g, L|1, S|1)."""
-    if not isinstance(mask, Tensor):
-        raise TypeError(f"attn_mask must be a torch.Tensor or None, got {_type_name(mask)}")
-    if mask.dtype != torch.bool:
-        raise TypeError(
-            f"attn_mask must be a bool tensor (True = may attend), got {mask.dtype}; "
-            "for an additive float mask m use `m == 0` (non-exponential kernels have no additive form)"
-        )
-    if mask.device != query.device:
-        raise ValueError(f"attn_mask must be on {query.device}, got {mask.device}")
-    if mask.dim() > len(target):
-        raise ValueError(f"attn_mask must have at most {len(target)} dims, got shape {tuple(mask.shape)}")
-    try:
-        broadcast = torch.broadcast_shapes(mask.shape, target)
-    except RuntimeError:
-        broadcast = None
-    if broadcast != torch.Size(target):
-        raise ValueError(
-            f"attn_mask of shape {tuple(mask.shape)} does not broadcast to (B..., H, L, S) = {target}"
-        )
-    mask = mask.reshape((1,) * (len(target) - mask.dim()) + tuple(mask.shape))
-    *mbatch, mh, ml, ms = mask.shape
-    if any(d != 1 for d in mbatch):
-        mask = mask.expand(*target[:-3], mh, ml, ms).reshape(-1, mh, ml, ms)
-    else:
-        mask = mask.reshape(1, mh, ml, ms)
-    n = mask.shape[0]
-    return mask.reshape(n, Hkv, G, ml, ms) if mh != 1 else mask.reshape(n, 1, 1, ml, ms)
+    problem = build_problem(query, key, value, kernel=kernel, attn_mask=attn_mask, is_causal=is_causal,
+                            scale=scale, enable_gqa=enable_gqa, eps=eps, dropout_p=dropout_p,
+                            defer_finite_check=defer_finite_check)
+    return problem, problem.out_shape

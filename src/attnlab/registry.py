@@ -111,6 +111,13 @@ class Registry(Generic[T]):
         """Registered entries, in registration order."""
         return list(self._entries.values())
 
+    def copy(self) -> Registry[T]:
+        """A registry with the same settings and entries (tests swap one in to register freely)."""
+        new = Registry(self.kind, arg=self.arg, entry=self.entry, entry_type=self.entry_type,
+                       reserved=self.reserved, on_change=self._on_change)
+        new._entries = dict(self._entries)
+        return new
+
     def __contains__(self, name: object) -> bool:
         return name in self._entries
 

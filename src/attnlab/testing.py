@@ -10,8 +10,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .backends._common import causal_visible, combine_visible
 from .kernels import Kernel, get_kernel
+from .problem import causal_visible, combine_visible
 
 __all__ = ["TOLERANCES", "assert_close", "max_error", "plain_attention"]
 

@@ -1,20 +1,30 @@
 """Approximations of attention.
 
-Two families, each with a registry by name:
+Two families, each a registry of capability records (:class:`attnlab.methods.MethodRecord`):
 
 - practical methods with :func:`attnlab.attention`'s signature (``topk``, ``performer``,
-  ``elu-linear``, ``cosformer``, ``nystrom``; ``linear`` is elu-linear's deprecated alias):
-  :func:`approximate_attention`;
+  ``linear``, ``cosformer``, ``nystrom``, the sparse selectors): :func:`approximate_attention`;
+  add one with :func:`register_approximation`, read its record with :func:`get_record`;
 - r-sparse oracles for analysis, which need the exact weights (``topr``, ``topr-l2``,
   ``va-greedy``, ``va-swap``, ``va-exact``, ``omp``): :func:`approximate_output` on (p, V), and
-  :func:`oracle_attention` with :func:`attnlab.attention`'s signature.
+  :func:`oracle_attention` with :func:`attnlab.attention`'s signature; add one with
+  :func:`register_oracle`, read its record with :func:`get_oracle_record`.
 """
 
-from .oracles import approximate_output, available_oracles, get_oracle, oracle_attention
+from .oracles import (
+    approximate_output,
+    available_oracles,
+    get_oracle,
+    get_oracle_record,
+    oracle_attention,
+    oracle_family,
+    register_oracle,
+)
 from .registry import (
     approximate_attention,
     available_approximations,
     get_approximation,
+    get_record,
     register_approximation,
 )
 from .sparse import SparseApprox
@@ -27,6 +37,10 @@ __all__ = [
     "available_oracles",
     "get_approximation",
     "get_oracle",
+    "get_oracle_record",
+    "get_record",
     "oracle_attention",
+    "oracle_family",
     "register_approximation",
+    "register_oracle",
 ]

@@ -35,10 +35,10 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .._checks import check_int, deprecated_alias
-from ..backends._common import Problem
-from ..backends._features import chunked_feature_attention
+from ..backends import chunked_feature_attention
 from ..functional import canonicalize
 from ..kernels import Kernel, get_kernel
+from ..problem import AttentionProblem as Problem
 
 __all__ = [
     "cosformer_attention",

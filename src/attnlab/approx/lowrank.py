@@ -27,7 +27,7 @@ import torch
 from torch import Tensor
 
 from .._checks import check_int
-from ..backends._common import normalizer, tile_weights
+from ..backends import normalizer, tile_weights
 from ..functional import canonicalize
 from ..kernels import Kernel, get_kernel
 

@@ -20,33 +20,63 @@ bool (..., n) (True = may attend). They are analysis oracles: they form the exac
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import Tensor
 
-from .._checks import check_int
-from ..backends._common import visibility
+from .._checks import check_int, check_registration
 from ..functional import attention
+from ..methods import Budget, MethodRecord
+from ..problem import visibility
+from ..registry import Registry
 from .sparse import SparseApprox, omp, topr, topr_l2
 from .value_aware import va_exact, va_greedy, va_swap
 
-__all__ = ["Oracle", "approximate_output", "available_oracles", "get_oracle", "oracle_attention"]
+__all__ = ["FAMILIES", "Oracle", "approximate_output", "available_oracles", "get_oracle", "get_oracle_record",
+           "oracle_attention", "oracle_family", "register_oracle"]
 
 Oracle = Callable[..., SparseApprox]
 
-_ORACLES: dict[str, Oracle] = {
-    "topr": topr,
-    "topr-l2": topr_l2,
-    "va-greedy": va_greedy,
-    "va-swap": va_swap,
-    "va-exact": va_exact,
-    "omp": omp,
-}
+#: What an oracle approximates: ``value-aware`` (o itself, weights on the simplex: its error is
+#: at most top-r's on every query), ``value-oblivious`` (the weights p), ``unconstrained`` (o with
+#: free coefficients).
+FAMILIES = ("value-aware", "value-oblivious", "unconstrained")
+
+_ORACLES: Registry[MethodRecord] = Registry("oracle", arg="method", entry="solve", entry_type=MethodRecord)
+_FAMILY: dict[str, str] = {}
+
+
+def register_oracle(name: str, solve: Oracle, *, family: str, overwrite: bool = False,
+                    **capabilities: Any) -> Oracle:
+    """Register ``solve(p, v, r, *, visible=None, return_support=False) -> SparseApprox``.
+
+    ``family`` is one of :data:`FAMILIES` (the test sweep checks a value-aware oracle's error
+    against top-r's on every query); ``capabilities`` are :class:`~attnlab.methods.MethodRecord`
+    fields (default budget ``r``, exact at r >= the number of visible keys).
+
+    Raises:
+        TypeError: ``name`` is not a non-empty str or ``solve`` is not callable.
+        ValueError: the name is taken and ``overwrite`` is False; an unknown ``family``.
+    """
+    check_registration("oracle", dict.fromkeys(_ORACLES.names()), name, solve, "solve", overwrite)
+    if family not in FAMILIES:
+        raise ValueError(f"family must be one of {list(FAMILIES)}, got {family!r}")
+    capabilities.setdefault("budget", Budget("r", 8))
+    capabilities.setdefault("differentiable", False)
+    capabilities.setdefault("exact_options", _exact_at_all_keys)
+    _ORACLES.register(name, MethodRecord(name, solve, kind="oracle", **capabilities), overwrite=True)
+    _FAMILY[name] = family
+    return solve
+
+
+def _exact_at_all_keys(problem) -> dict:
+    return {"r": max(problem.k.shape[-2], 1)}
 
 
 def available_oracles() -> list[str]:
     """Names of the registered oracles."""
-    return list(_ORACLES)
+    return _ORACLES.names()
 
 
 def get_oracle(name: str) -> Oracle:
@@ -56,12 +86,25 @@ def get_oracle(name: str) -> Oracle:
         TypeError: ``name`` is not a str.
         ValueError: no oracle of that name.
     """
-    if not isinstance(name, str):
-        raise TypeError(f"method must be a str, got {type(name).__name__}")
-    try:
-        return _ORACLES[name]
-    except KeyError:
-        raise ValueError(f"method must be one of {available_oracles()}, got {name!r}") from None
+    return _ORACLES.get(name).run
+
+
+def get_oracle_record(name: str) -> MethodRecord:
+    """The capability record of oracle ``name`` (see :mod:`attnlab.methods`)."""
+    return _ORACLES.get(name)
+
+
+def oracle_family(name: str) -> str:
+    """One of :data:`FAMILIES`: what oracle ``name`` approximates."""
+    _ORACLES.get(name)
+    return _FAMILY[name]
+
+
+for _name, _solve, _family in [("topr", topr, "value-oblivious"), ("topr-l2", topr_l2, "value-oblivious"),
+                               ("va-greedy", va_greedy, "value-aware"), ("va-swap", va_swap, "value-aware"),
+                               ("va-exact", va_exact, "value-aware"), ("omp", omp, "unconstrained")]:
+    register_oracle(_name, _solve, family=_family)
+del _name, _solve, _family
 
 
 def approximate_output(p: Tensor, v: Tensor, r: int, method: str, *,

@@ -27,10 +27,14 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Callable
+from typing import Any
 
 from torch import Tensor
 
 from .._checks import check_registration
+from ..methods import Budget, MethodRecord
+from ..problem import build_problem
+from ..registry import Registry
 from .features import cosformer_attention, elu_linear_attention, linear_attention, performer_attention
 from .lowrank import nystrom_attention
 from .topk import topk_attention
@@ -40,30 +44,51 @@ __all__ = [
     "approximate_attention",
     "available_approximations",
     "get_approximation",
+    "get_record",
     "register_approximation",
 ]
 
 Approximation = Callable[..., Tensor]
 
-_REGISTRY: dict[str, Approximation] = {}
+
+def _refresh() -> None:
+    _refresh_doc()
 
 
-def register_approximation(name: str, fn: Approximation, *, overwrite: bool = False) -> Approximation:
+_REGISTRY: Registry[MethodRecord] = Registry("approximation", arg="method", entry="fn", entry_type=MethodRecord,
+                                             on_change=_refresh)
+#: The arguments of :func:`attnlab.attention` that describe the problem (the rest are options).
+_PROBLEM_ARGS = ("kernel", "attn_mask", "is_causal", "scale", "enable_gqa", "eps")
+
+
+def register_approximation(name: str, fn: Approximation, *, overwrite: bool = False,
+                           **capabilities: Any) -> Approximation:
     """Register ``fn(query, key, value, **options)`` under ``name`` and return it.
 
+    ``capabilities`` are :class:`~attnlab.methods.MethodRecord` fields (``kernels``, ``devices``,
+    ``dtypes``, ``masks``, ``causal``, ``differentiable``, ``budget``, ``exact_options``,
+    ``refuse``, ``doc``); left out, a method takes every input (it raises what it refuses
+    itself). :func:`approximate_attention`, the ``approx-error`` study and the test sweep read
+    the record (:func:`get_record`).
+
     Raises:
-        TypeError: ``name`` is not a non-empty str or ``fn`` is not callable.
+        TypeError: ``name`` is not a non-empty str, ``fn`` is not callable, or a capability that
+            is not a record field (or of the wrong type).
         ValueError: the name is taken and ``overwrite`` is False.
     """
-    check_registration("approximation", _REGISTRY, name, fn, "fn", overwrite)
-    _REGISTRY[name] = fn
-    _refresh_doc()
+    check_registration("approximation", dict.fromkeys(_REGISTRY.names()), name, fn, "fn", overwrite)
+    if "budget" not in capabilities and name in BUDGET_OPTIONS:
+        capabilities["budget"] = _budget_from_signature(fn, BUDGET_OPTIONS[name])
+    record = MethodRecord(name, fn, kind="approximation", **capabilities)
+    if record.budget is not None:
+        BUDGET_OPTIONS[name] = record.budget.option
+    _REGISTRY.register(name, record, overwrite=True)
     return fn
 
 
 def available_approximations() -> list[str]:
     """Names of the registered approximations, built-ins first."""
-    return list(_REGISTRY)
+    return _REGISTRY.names()
 
 
 def get_approximation(name: str) -> Approximation:
@@ -73,14 +98,46 @@ def get_approximation(name: str) -> Approximation:
         TypeError: ``name`` is not a str.
         ValueError: no approximation of that name (the message lists the available ones).
     """
-    if not isinstance(name, str):
-        raise TypeError(f"method must be a str, got {type(name).__name__}")
+    return get_record(name).run
+
+
+def get_record(name: str) -> MethodRecord:
+    """The capability record of approximation ``name`` (see :mod:`attnlab.methods`).
+
+    Raises:
+        TypeError, ValueError: as :func:`get_approximation`.
+    """
+    return _REGISTRY.get(name)
+
+
+def _budget_from_signature(fn: Approximation, option: str) -> Budget:
+    """A :class:`Budget` for ``option`` with ``fn``'s default for it (0 where it has none)."""
     try:
-        return _REGISTRY[name]
-    except KeyError:
-        raise ValueError(
-            f"method must be one of {available_approximations()}, got {name!r}"
-        ) from None
+        param = inspect.signature(fn).parameters.get(option)
+    except (TypeError, ValueError):
+        param = None
+    default = param.default if param is not None and isinstance(param.default, int) else 0
+    return Budget(option, default)
+
+
+def _is_permissive(record: MethodRecord) -> bool:
+    """Whether the record refuses nothing (then no problem is built to ask it)."""
+    return record == MethodRecord(record.name, record.run, kind="approximation", budget=record.budget,
+                                  exact_options=record.exact_options, differentiable=record.differentiable,
+                                  doc=record.doc)
+
+
+def refusal(method: str, query: Tensor, key: Tensor, value: Tensor, **options: object) -> str | None:
+    """Why approximation ``method`` refuses this call (None when it takes it), from its record.
+
+    Raises:
+        TypeError, ValueError: an unknown method; arguments :func:`attnlab.attention` rejects.
+    """
+    record = get_record(method)
+    if _is_permissive(record):
+        return None
+    args = {k: options[k] for k in _PROBLEM_ARGS if k in options}
+    return record.refusal(build_problem(query, key, value, defer_finite_check=True, **args))
 
 
 def approximate_attention(
@@ -90,12 +147,16 @@ def approximate_attention(
 
     An option left out takes the method's default, listed below; a budget left out is not
     inferred from anything (``topk`` without ``top_k`` keeps 32 keys per query, whatever S is).
+    The method's record (:func:`get_record`) is asked once whether it takes the call.
 
     Raises:
         TypeError: an option that the method does not accept (named in the message).
-        ValueError: an unknown ``method``; or whatever the method raises.
+        ValueError: an unknown ``method``; an input its record refuses (the reason, led by the
+            argument: ``"is_causal: method 'nystrom' does not support ..."``); or whatever the
+            method raises.
     """
-    fn = get_approximation(method)
+    record = get_record(method)
+    fn = record.run
     params = inspect.signature(fn).parameters
     if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
         named = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
@@ -105,11 +166,14 @@ def approximate_attention(
                 raise TypeError(
                     f"option {option!r} is not accepted by method {method!r}; it accepts {accepted}"
                 )
+    reason = refusal(method, query, key, value, **options)
+    if reason is not None:
+        raise ValueError(reason)
     return fn(query, key, value, **options)
 
 
-#: The option that sets each built-in method's budget (its cost per query).
-BUDGET_OPTIONS = {"topk": "top_k", "performer": "num_features", "nystrom": "num_landmarks"}
+#: The option that sets each method's budget (its cost per query); kept in step with the records.
+BUDGET_OPTIONS: dict[str, str] = {}
 
 _BASE_DOC = approximate_attention.__doc__
 
@@ -135,7 +199,7 @@ def _refresh_doc() -> None:
     if _BASE_DOC is None:  # python -OO strips docstrings
         return
     lines = ["", "    Methods (generated from the registry, updated by :func:`register_approximation`):", ""]
-    for name, fn in _REGISTRY.items():
+    for name, fn in ((n, _REGISTRY.get(n).run) for n in _REGISTRY.names()):
         where = f"{getattr(fn, '__module__', '?')}.{getattr(fn, '__qualname__', type(fn).__name__)}"
         budget = BUDGET_OPTIONS.get(name)
         head = f"    - ``{name}`` (:func:`{where}`"
@@ -144,23 +208,30 @@ def _refresh_doc() -> None:
     approximate_attention.__doc__ = _BASE_DOC.rstrip() + "\n" + "\n".join(lines) + "\n"
 
 
-for _name, _fn in [
-    ("topk", topk_attention),
-    ("performer", performer_attention),
-    ("elu-linear", elu_linear_attention),
-    ("cosformer", cosformer_attention),
-    ("nystrom", nystrom_attention),
-    ("linear", linear_attention),  # deprecated alias of elu-linear (warns)
-]:
-    register_approximation(_name, _fn)
+_SOFTMAX = ("softmax",)
 
-del _name, _fn
+
+def _exact_topk(problem) -> dict:
+    return {"top_k": max(problem.k.shape[-2], 1)}
+
+
+register_approximation("topk", topk_attention, budget=Budget("top_k", 32), exact_options=_exact_topk,
+                       doc="chunked top-k attention (exact at top_k >= S)")
+register_approximation("performer", performer_attention, kernels=_SOFTMAX, masks="key-padding",
+                       budget=Budget("num_features", None), doc="FAVOR+ positive random features (softmax)")
+register_approximation("elu-linear", elu_linear_attention, masks="key-padding",
+                       doc="elu(x)+1 linear attention (its own kernel)")
+register_approximation("cosformer", cosformer_attention, masks="key-padding",
+                       doc="cosFormer (its own kernel)")
+register_approximation("nystrom", nystrom_attention, kernels=_SOFTMAX, masks="none", causal=False,
+                       budget=Budget("num_landmarks", 64), doc="Nystromformer landmarks (softmax)")
+register_approximation("linear", linear_attention, masks="key-padding",  # deprecated alias of elu-linear (warns)
+                       doc="deprecated alias of elu-linear")
 
 # Sparse selectors under a KV budget (issue 14): budget ``top_k`` full K/V rows per query.
 from .selectors import REGISTERED as _SELECTORS  # noqa: E402
 from .selectors import make_approximation as _make_approximation  # noqa: E402
 
 for _name in _SELECTORS:
-    BUDGET_OPTIONS[_name] = "top_k"
-    register_approximation(_name, _make_approximation(_name))
+    register_approximation(_name, _make_approximation(_name), budget=Budget("top_k", 32), differentiable=False)
 del _name

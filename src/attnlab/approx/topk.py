@@ -29,7 +29,7 @@ from torch import Tensor
 from torch.autograd.function import once_differentiable
 
 from .._checks import check_int
-from ..backends._common import fresh, normalizer, tile_visible, tile_weights
+from ..backends import fresh, normalizer, tile_visible, tile_weights
 from ..functional import canonicalize
 from ..kernels import Kernel, get_kernel
 

@@ -19,41 +19,27 @@ The decision depends on (seed, r, j) only, never on tile sizes or thread counts.
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
-from dataclasses import dataclass, replace
-from typing import Any
 
 import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
 from ..kernels import Kernel, get_kernel
+from ..problem import (  # noqa: F401  (re-exported for the backends)
+    AttentionProblem,
+    all_finite,
+    causal_visible,
+    combine_visible,
+    hide_unseen_keys,
+    keys_finite,
+    may_hide_keys,
+    needs_grad,
+    run_hiding_unseen_keys,
+    visibility,
+)
 
-
-@dataclass(frozen=True)
-class Problem:
-    """One validated attention call in the canonical layout (see the module docstring)."""
-
-    q: Tensor
-    k: Tensor
-    v: Tensor
-    mask: Tensor | None
-    kernel: Kernel
-    is_causal: bool
-    scale: float
-    eps: float
-    #: Attention dropout on the normalized weights, in [0, 1); kept weights are scaled by
-    #: 1 / (1 - p). ``dropout_seed`` (64 bits, drawn per call) keys the mask.
-    dropout_p: float = 0.0
-    dropout_seed: int = 0
-    #: True: every element of k and v is known to be finite; False: some was not, and the keys
-    #: no query sees were zeroed; None: not checked (see :func:`hide_unseen_keys`).
-    finite: bool | None = None
-
-    @property
-    def compute_dtype(self) -> torch.dtype:
-        """float64 inputs compute in float64; everything else accumulates in float32."""
-        return torch.float64 if self.q.dtype == torch.float64 else torch.float32
+#: The problem type every backend takes (public: :class:`attnlab.problem.AttentionProblem`).
+Problem = AttentionProblem
 
 
 #: The kernels the fused backends (``cpp``, ``triton``) have compiled in, by the id their code
@@ -65,27 +51,6 @@ def is_fused_kernel(kernel: Kernel) -> bool:
     """One of :data:`FUSED_KERNEL_IDS` as the registry holds it: not softmax, not a user kernel
     (even one registered under another name or built by hand with a built-in's name)."""
     return kernel.name in FUSED_KERNEL_IDS and get_kernel(kernel.name) is kernel
-
-
-def causal_visible(q_start: int, q_end: int, k_end: int, device: torch.device) -> Tensor:
-    """Bool (q_end - q_start, k_end): query i may see key j iff j <= i (top-left aligned)."""
-    rows = torch.arange(q_start, q_end, device=device)[:, None]
-    return torch.arange(k_end, device=device)[None, :] <= rows
-
-
-def combine_visible(mask: Tensor | None, causal: Tensor | None) -> Tensor | None:
-    """AND of a user mask and a causal mask, either of which may be absent."""
-    if mask is None:
-        return causal
-    if causal is None:
-        return mask
-    return mask & causal
-
-
-def visibility(mask: Tensor | None, is_causal: bool, L: int, S: int, device: torch.device) -> Tensor | None:
-    """The whole visibility of a call: a user bool mask (broadcastable to (..., L, S)) AND the
-    causal (L, S) triangle, or None when every key is visible."""
-    return combine_visible(mask, causal_visible(0, L, S, device) if is_causal else None)
 
 
 def crosses_diagonal(i0: int, k_end: int) -> bool:
@@ -153,73 +118,6 @@ def tile_weights(
     # f sees 0 for a hidden score, so that no inf or NaN there (a huge or non-finite key) reaches
     # the gradient through f'(s) * 0 = NaN; the outer select drops f(0).
     return torch.where(visible, kernel.weights(torch.where(visible, s, 0.0)), 0.0), None
-
-
-def all_finite(*tensors: Tensor) -> bool:
-    """Whether every element of the tensors is finite, by one sum each (NaN and inf survive a sum;
-    a sum of finite elements that overflows answers False, which only costs the caller its
-    careful path). Far cheaper on CPU than ``isfinite(t).all()``; syncs on CUDA."""
-    for t in tensors:
-        t = t.detach()  # the sum is no part of any graph
-        acc = torch.float32 if t.dtype in (torch.float16, torch.bfloat16) else None
-        if not bool(torch.isfinite(t.sum(dtype=acc))):
-            return False
-    return True
-
-
-def needs_grad(problem: Problem) -> bool:
-    """Whether autograd will differentiate this call (grad mode on and q, k or v requiring grad)."""
-    return torch.is_grad_enabled() and any(t.requires_grad for t in (problem.q, problem.k, problem.v))
-
-
-def may_hide_keys(problem: Problem) -> bool:
-    """Whether a key can be hidden from every query: a mask, or causal with more keys than queries."""
-    return problem.mask is not None or (problem.is_causal and problem.k.shape[-2] > problem.q.shape[-2])
-
-
-def keys_finite(problem: Problem) -> bool:
-    """Whether every key of ``problem`` is finite: known from ``canonicalize``'s check, or one
-    :func:`all_finite` over k (the check backends that multiply by a mask, or let SDPA add -inf,
-    make before their fast path)."""
-    return problem.finite is True or all_finite(problem.k)
-
-
-def hide_unseen_keys(problem: Problem, *, defer: bool = False) -> Problem:
-    """The masked-key rule for padding: a key that no query of its batch element and key/value head
-    can see (``attn_mask`` and ``is_causal`` together) gets k_j = v_j = 0 (``finite=False``) where
-    some key or value is non-finite (NaN, inf); otherwise ``problem`` itself, marked
-    ``finite=True`` after one :func:`all_finite` check, or unchecked (``finite=None``) when no key
-    can be hidden from every query (no mask; causal with S <= L), or with ``defer=True`` when no
-    gradient is needed: the caller then runs it through :func:`run_hiding_unseen_keys`, which
-    checks the output instead (O(L D_v) rather than O(S (D + D_v)): decoding reads k and v once).
-
-    Selecting (``torch.where``) leaves no path from those entries to the output or to any
-    gradient: their dk, dv are 0 and dq never meets them. Keys hidden from only some queries are
-    each backend's to drop by selection (see the rule in ``reference.py``)."""
-    p = problem
-    if not may_hide_keys(p) or (defer and not needs_grad(p)):
-        return p
-    if all_finite(p.k, p.v):
-        return replace(p, finite=True)
-    L, S = p.q.shape[-2], p.k.shape[-2]
-    visible = visibility(p.mask, p.is_causal, L, S, p.q.device)
-    visible = visible.reshape((1,) * (5 - visible.dim()) + tuple(visible.shape))
-    # (n|1, h|1, 1, S|1, 1): seen by some query of any group sharing the key/value head.
-    seen = visible.any(dim=3, keepdim=True).any(dim=2, keepdim=True).transpose(-1, -2)
-    return replace(p, k=torch.where(seen, p.k, 0.0), v=torch.where(seen, p.v, 0.0), finite=False)
-
-
-def run_hiding_unseen_keys(run: Callable[[Problem], Any], problem: Problem) -> Any:
-    """``run(problem)`` (an output, or a tuple led by one) for a problem from
-    ``hide_unseen_keys(..., defer=True)``: when the check was deferred and the output is not all
-    finite, the check is made and, if it zeroes some keys, ``run`` runs again on that problem."""
-    result = run(problem)
-    if problem.finite is not None or not may_hide_keys(problem):
-        return result
-    if all_finite(result[0] if isinstance(result, tuple) else result):
-        return result
-    hidden = hide_unseen_keys(problem)
-    return result if hidden.finite else run(hidden)
 
 
 def normalizer(kernel: Kernel, row_sum: Tensor, eps: float) -> Tensor:

@@ -68,7 +68,8 @@ def degree2_features(x: Tensor) -> Tensor:
 def linear_refusal(problem: Problem) -> str | None:
     """Why the linear backend refuses ``problem`` (None when it accepts it), without running it.
 
-    This is the check a registry-wide ``Backend.accepts(problem)`` hook would call.
+    Its record (``masks="key-padding"``, ``kernels=("squared",)``, no dropout) says the same to
+    the front door, which calls this as its ``refuse`` hook only after those fields pass.
     """
     if not supports_linear(problem.kernel):
         return f"backend 'linear' supports only kernel 'squared', got {problem.kernel.name!r}"
@@ -87,8 +88,11 @@ _VARYING_MASK = (
 )
 
 
-def linear_attention(problem: Problem, *, chunk_size: int = DEFAULT_CHUNK_SIZE) -> Tensor:
+def linear_attention(problem: Problem, *, chunk_size: int = DEFAULT_CHUNK_SIZE, _checked: bool = False) -> Tensor:
     """Squared-kernel attention on a canonical :class:`Problem` through degree-2 features.
+
+    ``_checked=True`` (the registry's run, after the front door's one refusal check) skips
+    :func:`linear_refusal`.
 
     Args:
         problem: the validated call; its kernel must be ``squared``.
@@ -104,7 +108,7 @@ def linear_attention(problem: Problem, *, chunk_size: int = DEFAULT_CHUNK_SIZE) 
             over queries.
     """
     check_int("chunk_size", chunk_size, 1)
-    reason = linear_refusal(problem)
+    reason = None if _checked else linear_refusal(problem)
     if reason is not None:
         raise ValueError(reason)
     dtype = problem.compute_dtype
