@@ -124,8 +124,9 @@ def write_report(preset: Any, run_dir: RunDir, results: dict[str, Any], summary:
         rows = {k: [r for r in summary if r["task"] == task and r["kernel"] == k] for k in preset.kernels}
         path = line_plot(run_dir.path / f"accuracy_{task}.png",
                          {k: ([r["level"] for r in rs], [r["mean_accuracy"] for r in rs]) for k, rs in rows.items()},
-                         errors={k: [[r["mean_accuracy"] - r["ci_low"] for r in rs],
-                                     [r["ci_high"] - r["mean_accuracy"] for r in rs]] for k, rs in rows.items()},
+                         errors={k: [[max(0.0, r["mean_accuracy"] - r["ci_low"]) for r in rs],
+                                     [max(0.0, r["ci_high"] - r["mean_accuracy"]) for r in rs]]
+                                 for k, rs in rows.items()},
                          xlabel="complexity level", ylabel="final accuracy (predictable positions)",
                          title=f"{task}: mean and 95% CI over {preset.n_seeds} seeds")
         if path is not None:

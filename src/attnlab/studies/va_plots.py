@@ -23,11 +23,13 @@ def plots(run: RunDir, rows: list[dict], preset: Any) -> list[str]:
     from .report import line_plot, series_styles
 
     md = []
+    first = min((r.get("seed", 0) for r in rows), default=0)
+    rows = [r for r in rows if r.get("seed", 0) == first]  # one seed's models (the others: results.csv)
     labels = {"topr": "OVO (topr)", "va-greedy": "OVA (va-greedy)"}
     for kind, kernel in dict.fromkeys((r["kind"], r["kernel"]) for r in rows):
         mine = [r for r in rows if (r["kind"], r["kernel"]) == (kind, kernel)]
         exact = next((r for r in mine if r["method"] == "exact" and not r["skipped"]), None)
-        series, notes, missing = {}, {}, {}
+        series, notes, missing, errors = {}, {}, {}, {}
         for m in dict.fromkeys(r["method"] for r in mine if r["method"] != "exact"):
             cells = sorted((r for r in mine if r["method"] == m), key=lambda r: r["r"])
             pts = [(r["r"], r["error_pct"]) for r in cells if not r["skipped"]]
@@ -36,6 +38,10 @@ def plots(run: RunDir, rows: list[dict], preset: Any) -> list[str]:
                 missing[label] = cells[0]["skipped"] if cells else "no result"
                 continue
             series[label] = ([x for x, _ in pts], [y for _, y in pts])
+            ok = [r for r in cells if not r["skipped"]]
+            if all(r.get("error_ci_low") is not None for r in ok):  # 95% CI over sequences
+                errors[label] = [[max(0.0, r["error_pct"] - r["error_ci_low"]) for r in ok],
+                                 [max(0.0, r["error_ci_high"] - r["error_pct"]) for r in ok]]
             after = [r for r in cells if r["r"] > pts[-1][0] and r["skipped"]]
             if after:
                 notes[label] = f"stops at r={pts[-1][0]}: {after[0]['skipped']}"
@@ -49,7 +55,8 @@ def plots(run: RunDir, rows: list[dict], preset: Any) -> list[str]:
             xs = sorted({x for xs, _ in series.values() for x in xs})
             series["exact"], styles["exact"] = (xs, [exact["error_pct"]] * len(xs)), ":"
         name = f"error-vs-r-{kind}-{kernel}.png".replace("/", "_")
-        if line_plot(run.path / name, series, xlabel="r", ylabel="error %", logx=True, styles=styles,
+        if line_plot(run.path / name, series, xlabel="r", ylabel="error % (95% CI)", logx=True, styles=styles,
+                     errors=errors,
                      title=f"{kind} {kernel}: error vs r", yscale="auto", notes=notes, caption=caption) is not None:
             md.append(f"![{kind} {kernel}]({name})" + (f"\n\n{caption}" if caption else ""))
     for kind in dict.fromkeys(r["kind"] for r in rows):

@@ -195,6 +195,12 @@ def summarize(preset: Any, results: dict[str, Any]) -> dict[str, Any]:
         if "token_correct" in res:
             tokens[(kind, kernel, c["seed"], c["method"], c["r"])] = {k: res[k] for k in TOKENS}
     flat = _flatten(rows)
+    for row in flat:  # error % with its 95% CI (sequences resampled), for tables and error bars
+        data = tokens.get((row["kind"], row["kernel"], row["seed"], row["method"], row["r"]))
+        if data and len(set(data["token_seq"])) >= 2:
+            est = paired_bootstrap([100.0 * (1 - c) for c in data["token_correct"]], groups=data["token_seq"],
+                                   seed=0, unit="tokens", group="sequences")
+            row.update(error_ci_low=est.ci_low, error_ci_high=est.ci_high)
     caveat = smoke_caveat(flat, preset, trained=preset.hf_model is None)
     return {"rows": flat, "diffs": _diffs(flat, tokens), "tests": claim_tests(flat, tokens, preset),
             "caveat": caveat, "training": train}
@@ -220,7 +226,7 @@ def report(preset: Any, run_dir: RunDir, results: dict[str, Any], summary: dict[
           *[line for p in plots(run_dir, rows, preset) for line in (p, "")],
           "## All cells", "",
           markdown_table(rows, ["kind", "kernel", "seed", "method", "r", "loss", "perplexity", "error_pct",
-                                "mean_layer_error", "skewness", "skipped"]), ""]
+                                "error_ci_low", "error_ci_high", "mean_layer_error", "skewness", "skipped"]), ""]
     if summary["training"]:
         run_dir.write_csv("training.csv", summary["training"])
         md += ["## Training", "", markdown_table(summary["training"], list(summary["training"][0])), ""]
