@@ -15,8 +15,8 @@ from collections.abc import Callable
 import torch
 from torch import Tensor, nn
 
-from ..backends._common import causal_visible
 from ..functional import attention
+from ..problem import causal_visible
 from .config import ModelConfig
 
 __all__ = ["AttentionFn", "Recorder", "SelfAttention"]
