@@ -51,13 +51,21 @@ class Budget:
     Attributes:
         option: the keyword that sets it (``top_k``, ``num_features``, ``r``).
         default: its value when left out (None: the method derives it, e.g. from D).
-        low, high: its range (``high=None``: unbounded).
+        low, high: its range; ``high`` is None (unbounded), an int, or ``high(problem) -> int``
+            when it depends on the input (``nystrom``: min(L, S) landmarks).
     """
 
     option: str
     default: int | None
     low: int = 1
-    high: int | None = None
+    high: int | Callable[[AttentionProblem], int] | None = None
+
+    def value_for(self, problem: AttentionProblem) -> int | None:
+        """The default clipped to the range on ``problem`` (None: the method's own default)."""
+        if self.default is None:
+            return None
+        high = self.high(problem) if callable(self.high) else self.high
+        return max(self.low, self.default if high is None else min(self.default, high))
 
 
 @dataclass(frozen=True)

@@ -211,6 +211,10 @@ def _refresh_doc() -> None:
 _SOFTMAX = ("softmax",)
 
 
+def _landmarks_high(problem) -> int:
+    return min(problem.q.shape[-2], problem.k.shape[-2])
+
+
 def _exact_topk(problem) -> dict:
     return {"top_k": max(problem.k.shape[-2], 1)}
 
@@ -224,14 +228,16 @@ register_approximation("elu-linear", elu_linear_attention, masks="key-padding",
 register_approximation("cosformer", cosformer_attention, masks="key-padding",
                        doc="cosFormer (its own kernel)")
 register_approximation("nystrom", nystrom_attention, kernels=_SOFTMAX, masks="none", causal=False,
-                       budget=Budget("num_landmarks", 64), doc="Nystromformer landmarks (softmax)")
+                       budget=Budget("num_landmarks", 64, 1, _landmarks_high), doc="Nystromformer landmarks (softmax)")
 register_approximation("linear", linear_attention, masks="key-padding",  # deprecated alias of elu-linear (warns)
                        doc="deprecated alias of elu-linear")
 
 # Sparse selectors under a KV budget (issue 14): budget ``top_k`` full K/V rows per query.
 from .selectors import REGISTERED as _SELECTORS  # noqa: E402
+from .selectors import SELECTORS as _ENTRIES  # noqa: E402
 from .selectors import make_approximation as _make_approximation  # noqa: E402
 
 for _name in _SELECTORS:
-    register_approximation(_name, _make_approximation(_name), budget=Budget("top_k", 32), differentiable=False)
+    register_approximation(_name, _make_approximation(_name), budget=Budget("top_k", 32), differentiable=False,
+                           kernels=_SOFTMAX if _ENTRIES[_name].softmax_only else None)
 del _name

@@ -16,9 +16,9 @@ from torch import Tensor
 
 from ..approx.oracles import available_oracles, oracle_attention
 from ..approx.registry import approximate_attention
-from ..backends._common import visibility
 from ..functional import attention
 from ..metrics import entropy, skewness, top_r_mass, value_aware_error, value_oblivious_error
+from ..problem import visibility
 
 __all__ = ["DEFAULT_METHODS", "PRACTICAL", "VALUE_AWARE", "compare_methods", "hf_token_batch", "load_hf_model",
            "load_trained_model", "method_output", "oracle_attention", "skip_reason", "synthetic_qkv"]
