@@ -1,8 +1,9 @@
 """The ``linear`` backend (squared kernel through degree-2 features) and its decoding state.
 
-The registry sweep in test_attention.py has no way to mark a case that a backend refuses; this
-file runs the same cases with the refusal hook proposed for it (``linear_refusal``): an accepted
-case must match the float64 reference, a refused case must raise ValueError with that reason.
+The record-driven sweep (test_attention.py, test_edge_cases.py) compares it on every case its
+record (``masks="key-padding"``) accepts and asserts its refusals; this file checks that the
+record refuses exactly the masks that vary over queries, and sweeps the longer cases that cross
+several chunks.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import pytest
 import torch
 
 import attnlab
+from attnlab.backends import get_backend
 from attnlab.backends.linear import SquaredKernelState, degree2_features, linear_attention, linear_refusal
 from attnlab.functional import canonicalize
 from attnlab.testing import assert_close, plain_attention
@@ -40,17 +42,25 @@ def _reference(case: Case, q, k, v, mask):
 
 
 @pytest.mark.parametrize("case", CASES + EXTRA, ids=lambda c: c.id)
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["fp32", "fp64"])
-def test_sweep_with_refusals(case, dtype):
-    """Every case of the registry sweep: accepted ones match, refused ones raise the reason."""
-    q, k, v, mask = case.make(dtype, requires_grad=True)
-    reason = linear_refusal(_problem(case, q, k, v, mask)[0])
+def test_the_record_refuses_exactly_the_masks_that_vary_over_queries(case):
+    q, k, v, mask = case.make(torch.float32)
+    problem = _problem(case, q, k, v, mask)[0]
+    reason = get_backend("linear").refusal(problem)
+    assert reason == linear_refusal(problem)  # the direct call says what the record says
     if reason is not None:
         assert case.mask in ("random", "empty-rows")  # only query-dependent masks are refused
         with pytest.raises(ValueError, match="attn_mask must be the same for every query with backend 'linear'"):
             attnlab.attention(q, k, v, kernel="squared", attn_mask=mask, is_causal=case.causal,
                               enable_gqa=case.gqa, backend="linear")
-        return
+    else:
+        assert case.mask not in ("random", "empty-rows") or bool((mask == mask[..., :1, :]).all())
+
+
+@pytest.mark.parametrize("case", EXTRA, ids=lambda c: c.id)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["fp32", "fp64"])
+def test_cases_across_several_chunks_match_the_reference(case, dtype):
+    """Accepted cases match the float64 reference (the sweep's CASES run in test_attention.py)."""
+    q, k, v, mask = case.make(dtype, requires_grad=True)
     qr, kr, vr, _ = case.make(torch.float64, requires_grad=True)
     ref = _reference(case, qr, kr, vr, mask)
     out = _linear(case, q, k, v, mask)

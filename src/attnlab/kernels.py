@@ -25,6 +25,8 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
+from .registry import Registry
+
 __all__ = [
     "Kernel",
     "available_kernels",
@@ -195,13 +197,21 @@ _BUILTINS = [
     ),
 ]
 
-_REGISTRY: dict[str, Kernel] = {k.name: k for k in _BUILTINS}
-_BUILTIN_NAMES = frozenset(_REGISTRY)
+_REGISTRY: Registry[Kernel] = Registry("kernel", arg="kernel", entry="kernel", entry_type=Kernel)
+for _kernel in _BUILTINS:
+    _REGISTRY.register(_kernel.name, _kernel)
+del _kernel
+_BUILTIN_NAMES = frozenset(_REGISTRY.names())
 
 
 def available_kernels() -> list[str]:
     """Names of the registered kernels, built-ins first."""
-    return list(_REGISTRY)
+    return _REGISTRY.names()
+
+
+def is_registered(kernel: Kernel) -> bool:
+    """Whether ``kernel`` is the object registered under its name (not one that borrows a name)."""
+    return kernel.name in _REGISTRY and _REGISTRY.get(kernel.name) is kernel
 
 
 def get_kernel(kernel: str | Kernel) -> Kernel:
@@ -215,12 +225,7 @@ def get_kernel(kernel: str | Kernel) -> Kernel:
         return kernel
     if not isinstance(kernel, str):
         raise TypeError(f"kernel must be a str or attnlab.kernels.Kernel, got {type(kernel).__name__}")
-    try:
-        return _REGISTRY[kernel]
-    except KeyError:
-        raise ValueError(
-            f"kernel must be one of {available_kernels()}, got {kernel!r}"
-        ) from None
+    return _REGISTRY.get(kernel)
 
 
 def register_kernel(
@@ -258,7 +263,7 @@ def register_kernel(
     if not torch.isfinite(out).all() or (out < 0).any():
         raise ValueError("weights must be finite and non-negative for scores in [-50, 50]")
     kernel = Kernel(name, weights, vjp, doc=doc)
-    _REGISTRY[name] = kernel
+    _REGISTRY.register(name, kernel, overwrite=True)
     return kernel
 
 
@@ -272,4 +277,4 @@ def unregister_kernel(name: str) -> None:
         raise ValueError(f"name {name!r} is a built-in kernel and cannot be removed")
     if name not in _REGISTRY:
         raise ValueError(f"name {name!r} is not a registered kernel")
-    del _REGISTRY[name]
+    _REGISTRY.unregister(name)

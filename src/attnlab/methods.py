@@ -30,7 +30,7 @@ from typing import Any
 
 import torch
 
-from .kernels import Kernel, available_kernels, get_kernel
+from .kernels import Kernel, available_kernels, get_kernel, is_registered
 from .problem import AttentionProblem
 
 __all__ = ["ALL_DTYPES", "MASKS", "Budget", "MethodRecord"]
@@ -137,7 +137,7 @@ class MethodRecord:
         """Whether it computes ``kernel`` (a kernel that merely borrows a listed name does not count)."""
         if self.kernels is None:
             return True
-        return kernel.name in self.kernels and kernel.name in available_kernels() and get_kernel(kernel.name) is kernel
+        return kernel.name in self.kernels and is_registered(kernel)
 
     def kernel_names(self) -> list[str]:
         """The registered kernels it computes."""
