@@ -40,7 +40,7 @@ def _run(case: Case, q, k, v, mask, *, seed: int, **kw):
 def test_dropout_zero_is_bitwise_unchanged_and_draws_nothing(backend, kernel):
     case = Case(H=4, Hkv=2, causal=True)
     q, k, v, mask = case.make(torch.float32)
-    if get_backend(backend).accepts(canonicalize(q, k, v, mask, True, None, True, 1e-6,
+    if get_backend(backend).refusal(canonicalize(q, k, v, mask, True, None, True, 1e-6,
                                                  attnlab.get_kernel(kernel))[0]) is not None:
         pytest.skip("backend refuses this input")
     plain = _run(case, q, k, v, mask, seed=0, kernel=kernel, backend=backend)
@@ -190,7 +190,7 @@ def test_auto_picks_a_backend_that_honours_dropout(kernel):
     q = torch.randn(1, 2, 6, 8)
     problem, _ = canonicalize(q, q, q, None, False, None, False, 1e-6, attnlab.get_kernel(kernel), dropout_p=0.1)
     chosen = resolve_backend(problem.kernel, problem=problem)
-    assert chosen.name in DROPOUT_BACKENDS and chosen.accepts(problem) is None
+    assert chosen.name in DROPOUT_BACKENDS and chosen.refusal(problem) is None
     if kernel == "softmax":
         assert chosen.name == "chunked"
         without, _ = canonicalize(q, q, q, None, False, None, False, 1e-6, problem.kernel)

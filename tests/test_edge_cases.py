@@ -150,7 +150,7 @@ def test_leading_batch_dims_and_2d_inputs():
     q, k, v = (torch.randn(2, 3, 4, 5, 8, dtype=torch.float64) for _ in range(3))
     mask = torch.rand(3, 1, 5, 5) > 0.2
     for backend, kernel in PAIRS:
-        if get_backend(backend).accepts(canonicalize(q, k, v, mask, False, None, False, 1e-6,
+        if get_backend(backend).refusal(canonicalize(q, k, v, mask, False, None, False, 1e-6,
                                                    attnlab.get_kernel(kernel))[0]):
             continue
         out = attnlab.attention(q, k, v, kernel=kernel, attn_mask=mask, backend=backend)

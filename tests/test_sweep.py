@@ -233,3 +233,16 @@ def test_value_aware_oracle_is_at_most_top_r_on_every_query(method, r):
 def test_every_oracle_has_a_family():
     assert set(VALUE_AWARE) >= {"va-greedy", "va-swap", "va-exact"}
     assert oracle_family("topr") == "value-oblivious" and oracle_family("omp") == "unconstrained"
+
+
+def test_the_old_names_still_work_with_a_deprecation_path():
+    from attnlab.backends import Problem
+    from attnlab.functional import canonicalize
+    from attnlab.problem import AttentionProblem
+
+    assert Problem is AttentionProblem
+    q = torch.randn(1, 1, 3, 4)
+    problem, shape = canonicalize(q, q, q, None, True, None, False, 1e-6, attnlab.get_kernel("relu"))
+    assert shape == (1, 1, 3, 4) and problem.out_shape == shape and problem.is_causal
+    with pytest.warns(DeprecationWarning, match=r"use \.refusal\(problem\)"):
+        assert get_backend("sdpa").accepts(problem) == get_backend("sdpa").refusal(problem)

@@ -181,7 +181,7 @@ def test_refusals_name_the_reason():
         unregister_kernel("abs3-triton")
     # A Kernel object that merely borrows a built-in's name is not the compiled formula.
     assert not backend.supports(attnlab.kernels.Kernel("squared", torch.abs))
-    assert backend.accepts(_problem(q.float(), q.float(), q.float())) is None
+    assert backend.refusal(_problem(q.float(), q.float(), q.float())) is None
     problem = _problem(q.float(), q.float(), q.float())
     with pytest.raises(ValueError, match="block_m must be a power of two >= 16"):
         triton_kernels.triton_attention(problem, block_m=24)
@@ -192,7 +192,7 @@ def test_refusals_name_the_reason():
 def test_cpu_tensors_are_refused_without_the_interpreter(monkeypatch):
     monkeypatch.setattr(triton_kernels, "INTERPRETED", False)
     q = torch.randn(1, 2, 4, 8)
-    reason = get_backend("triton").accepts(_problem(q, q, q))
+    reason = get_backend("triton").refusal(_problem(q, q, q))
     assert reason is not None and "needs CUDA tensors, got cpu" in reason and "'chunked'" in reason
 
 

@@ -211,7 +211,7 @@ def available_kernels() -> list[str]:
 
 def is_registered(kernel: Kernel) -> bool:
     """Whether ``kernel`` is the object registered under its name (not one that borrows a name)."""
-    return kernel.name in _REGISTRY and _REGISTRY.get(kernel.name) is kernel
+    return _REGISTRY.find(kernel.name) is kernel
 
 
 def get_kernel(kernel: str | Kernel) -> Kernel:

@@ -24,6 +24,7 @@ with the float64 reference and asserts every refusal.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -124,6 +125,9 @@ class MethodRecord:
             raise TypeError(f"kernels must be None or a tuple of kernel names, got {self.kernels!r}")
         if self.budget is not None and not isinstance(self.budget, Budget):
             raise TypeError(f"budget must be an attnlab.methods.Budget or None, got {type(self.budget).__name__}")
+        # which field checks can refuse anything (the others are skipped on every call)
+        object.__setattr__(self, "_checks_dtype", not set(ALL_DTYPES) <= set(self.dtypes))
+        object.__setattr__(self, "_checks_device", not {"cpu", "cuda"} <= set(self.devices))
 
     @property
     def who(self) -> str:
@@ -156,17 +160,19 @@ class MethodRecord:
         return None if self.refuse is None else self.refuse(problem)
 
     def accepts(self, problem: AttentionProblem) -> str | None:
-        """The old name of :meth:`refusal` (it answers the reason, not a bool)."""
+        """Deprecated: the old name of :meth:`refusal` (it answers the reason, not a bool)."""
+        warnings.warn("Backend.accepts(problem) is deprecated: use .refusal(problem), which it calls",
+                      DeprecationWarning, stacklevel=2)
         return self.refusal(problem)
 
     def _field_refusal(self, p: AttentionProblem) -> str | None:
         if not self.supports(p.kernel):
             listed = f" (it takes {list(self.kernels)})" if self.kernels else ""
             return self._say("kernel", f"does not support kernel {p.kernel.name!r}{listed}")
-        if p.q.dtype not in self.dtypes:
+        if self._checks_dtype and p.q.dtype not in self.dtypes:
             takes = ", ".join(_DTYPE_NAMES.get(d, str(d)) for d in self.dtypes)
             return self._say("dtype", f"does not support {_DTYPE_NAMES.get(p.q.dtype, p.q.dtype)} (it takes {takes})")
-        if p.q.device.type not in self.devices:
+        if self._checks_device and p.q.device.type not in self.devices:
             return self._say("device", f"does not support device {p.q.device.type!r} (it runs on {list(self.devices)})")
         if self.masks == "none" and p.mask is not None:
             return self._say("attn_mask", "does not support masks; pass None")

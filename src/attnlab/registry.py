@@ -103,6 +103,10 @@ class Registry(Generic[T]):
         except KeyError:
             raise ValueError(f"{self.arg} must be one of {self.names()}, got {name!r}") from None
 
+    def find(self, name: str) -> T | None:
+        """The entry registered under ``name``, or None (no checks: for hot paths)."""
+        return self._entries.get(name)
+
     def names(self) -> list[str]:
         """Registered names, in registration order."""
         return list(self._entries)

@@ -129,7 +129,7 @@ def resolve_backend(kernel: Kernel, *, return_weights: bool = False,
     if return_weights:
         return _REGISTRY.get("reference")
     sdpa = _REGISTRY.get("sdpa")
-    if kernel.exponential and sdpa.supports(kernel) and (problem is None or sdpa.refusal(problem) is None):
+    if kernel.exponential and (sdpa.supports(kernel) if problem is None else sdpa.refusal(problem) is None):
         return sdpa
     triton_backend = _REGISTRY.get("triton") if "triton" in _REGISTRY else None
     if (triton_backend is not None and problem is not None and problem.q.device.type == "cuda"
