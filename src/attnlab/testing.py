@@ -47,7 +47,7 @@ def assert_close(
     err = max_error(actual, expected)
     if actual.dtype in TOLERANCES:
         rtol, atol = TOLERANCES[actual.dtype]
-        bound = atol + rtol * float(expected.abs().max()) if expected.numel() else atol
+        bound = atol + rtol * float(expected.detach().abs().max()) if expected.numel() else atol
         if err > bound:
             raise AssertionError(f"{what} ({actual.dtype}): max error {err:.3g} > {bound:.3g}")
         return
