@@ -55,6 +55,9 @@ def test_tiny_end_to_end(tmp_path):
     assert "## Claims" in report and "![accuracy vs complexity, mixture](accuracy_mixture.png)" in report
     for task in p.levels:
         assert f"**{task}**" in report
+    claims = report.split("## Claims", 1)[1].split("\n## ", 1)[0]  # the smoke preset states no verdict
+    assert "Caveat: a smoke test, not evidence" in claims and "not judged" in claims
+    assert not any(v in claims for v in ("; supported", "; not supported", "; inconclusive"))
     info = json.loads((path / "run.json").read_text())
     assert info["study"] == "ladder" and info["seeds"] == list(p.seeds)
     # the mean in summary.csv is the mean of the cells
