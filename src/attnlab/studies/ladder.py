@@ -245,8 +245,9 @@ def summarize(preset: LadderPreset, results: dict[str, dict[str, Any]]) -> list[
                 reached = [c["steps_to_100"] for c in cells if c["steps_to_100"] is not None]
                 mean = statistics.fmean(acc)
                 ci = paired_bootstrap(acc, seed=0, unit="seeds") if len(acc) > 1 and max(acc) > min(acc) else None
-                rows.append({"task": task, "level": level, "kernel": kernel, "mean_accuracy": mean,
-                             "ci_low": ci.ci_low if ci else mean, "ci_high": ci.ci_high if ci else mean,
+                rows.append({"task": task, "level": level, "kernel": kernel, "mean_accuracy": mean,  # CI within [0, 1]
+                             "ci_low": max(0.0, ci.ci_low) if ci else mean,
+                             "ci_high": min(1.0, ci.ci_high) if ci else mean,
                              "std_accuracy": statistics.stdev(acc) if len(acc) > 1 else 0.0,
                              "min_accuracy": min(acc), "seeds_at_100": sum(a >= 1.0 for a in acc),
                              "n_seeds": len(acc),
