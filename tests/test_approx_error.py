@@ -76,13 +76,18 @@ def test_value_aware_beats_value_oblivious_on_outputs():
 
 def test_skip_reasons_and_budgets():
     q, k, v = ae.synthetic_qkv(batch=1, heads=1, length=16, head_dim=4)
-    rows = ae.compare_methods(q, k, v, kernel="relu", methods=["performer", "nystrom", "va-exact", "linear"],
+    rows = ae.compare_methods(q, k, v, kernel="relu", methods=["performer", "nystrom", "va-exact", "elu-linear"],
                               rs=[2, 8], is_causal=True, va_exact_max_subsets=200)
     reasons = {(r["method"], r["r"]): r["skipped"] for r in rows}
-    assert "softmax only" in reasons[("performer", 2)] and "softmax only" in reasons[("nystrom", 8)]
+    assert "does not support kernel 'relu'" in reasons[("performer", 2)]  # the records' refusals
+    assert "does not support kernel 'relu'" in reasons[("nystrom", 8)]
     assert reasons[("va-exact", 2)] == "" and "infeasible" in reasons[("va-exact", 8)]
-    assert [r["r"] for r in rows if r["method"] == "linear"] == [2]  # no budget: one row
-    assert ae.skip_reason("nystrom", 2, kernel="softmax", is_causal=True, masked=False, L=8, S=8, D_v=4)
+    assert [r["r"] for r in rows if r["method"] == "elu-linear"] == [2]  # no budget: one row
+    assert "is_causal" in ae.skip_reason("nystrom", 2, kernel="softmax", is_causal=True, masked=False, L=8, S=8,
+                                         D_v=4)
+    assert ae.skip_reason("nystrom", 2, kernel="softmax", is_causal=False, masked=True, L=8, S=8, D_v=4)
+    assert "r <= 8" in ae.skip_reason("nystrom", 9, kernel="softmax", is_causal=False, masked=False, L=8, S=8, D_v=4)
+    assert ae.skip_reason("nystrom", 8, kernel="softmax", is_causal=False, masked=False, L=8, S=8, D_v=4) is None
     out, p_hat = ae.method_output("performer", 3, q, k, v, features_per_r=2)
     want = attnlab.approx.registry.approximate_attention(q, k, v, method="performer", num_features=6, seed=0)
     assert p_hat is None and torch.equal(out, want)
@@ -164,7 +169,7 @@ def test_plot_series_styles_stops_and_missing_methods():
     """Issue 12: coinciding lines hid legend entries, va-exact's single point (r = 1) was drawn
     as a constant line over every r, and where a method stopped was not said."""
     q, k, v = ae.synthetic_qkv(batch=1, heads=1, length=12, head_dim=3)
-    methods = ["topr", "topr-l2", "va-greedy", "va-exact", "topk", "performer", "linear", "cosformer"]
+    methods = ["topr", "topr-l2", "va-greedy", "va-exact", "topk", "performer", "elu-linear", "cosformer"]
     rows = ae.compare_methods(q, k, v, kernel="relu", methods=methods, rs=[1, 2, 4], va_exact_max_subsets=70)
     series, styles, notes, caption = ae.plot_series(rows, methods, [1, 2, 4])
     assert list(series) == [m for m in methods if m != "performer"]
@@ -173,8 +178,9 @@ def test_plot_series_styles_stops_and_missing_methods():
     # C(12, 2) = 66 <= 70 < C(12, 4): va-exact runs at r = 1, 2 only, and the plot says so
     assert series["va-exact"][0] == [1, 2]
     assert notes == {"va-exact": "stops at r=2: va-exact infeasible: C(12, 4) > 70 supports"}
-    assert series["linear"][0] == [1, 2, 4] and len(set(series["linear"][1])) == 1  # no budget: constant
-    assert caption == "not shown: performer (performer approximates softmax only)"
+    assert series["elu-linear"][0] == [1, 2, 4] and len(set(series["elu-linear"][1])) == 1  # no budget: constant
+    assert caption == ("not shown: performer (kernel: method 'performer' does not support kernel 'relu' "
+                       "(it takes ['softmax']))")
 
 
 def test_cli_writes_no_empty_plot_and_says_why(tmp_path, capsys):
@@ -187,7 +193,8 @@ def test_cli_writes_no_empty_plot_and_says_why(tmp_path, capsys):
                         "--head-dim", "4", "--kernels", "softmax", "--methods", "nystrom", "--causal"]) == 0
     (run,) = tmp_path.iterdir()
     assert not list(run.glob("*.png"))
-    why = "No plot for synthetic softmax T=1: no method applies (nystrom (nystrom is non-causal and takes no mask))."
+    why = ("No plot for synthetic softmax T=1: no method applies (nystrom (is_causal: method 'nystrom' does not "
+           "support is_causal=True)).")
     assert why in (run / "report.md").read_text() and why in capsys.readouterr().out
 
 

@@ -35,8 +35,6 @@ def test_the_worked_example_is_in_the_sweep():
     assert ("window", "softmax") in test_sweep.ENROLLED and ("window", "relu2") in test_sweep.ENROLLED
 
 
-@pytest.mark.xfail(strict=True, reason="approx-error chooses from its own PRACTICAL tuple until the studies "
-                                       "restructure reads attnlab.approx.available_approximations()")
 def test_the_worked_example_is_a_choice_of_approx_error():
     import test_sweep  # noqa: F401
     from attnlab.studies.approx_error import build_parser

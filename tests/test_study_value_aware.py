@@ -33,8 +33,8 @@ def test_tiny_end_to_end_outputs(tiny_run):
     assert {"kind", "kernel", "method", "r", "loss", "perplexity", "error_pct", "mean_layer_error", "skewness",
             "layer0_error", "skipped"} <= set(rows[0])
     skipped = {(r["kind"], r["kernel"], r["method"]): r["skipped"] for r in rows if r["skipped"]}
-    assert "softmax only" in skipped[("causal", "relu", "performer")]
-    assert "non-causal" in skipped[("causal", "softmax", "nystrom")]
+    assert "does not support kernel 'relu'" in skipped[("causal", "relu", "performer")]  # the records' refusals
+    assert "does not support is_causal=True" in skipped[("causal", "softmax", "nystrom")]
     assert ("masked", "softmax", "nystrom") not in skipped
     diffs = read(tiny_run / "ova_vs_ovo.csv")
     assert len(diffs) == 4 * len(preset.all_rs) and "points_saved" in diffs[0]

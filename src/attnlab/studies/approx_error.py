@@ -18,7 +18,12 @@ Methods and their budgets (r is the x axis):
 | ``topk`` | ``top_k = r`` | any kernel |
 | ``performer`` | ``num_features = features_per_r * r`` (default 4 r, see below) | softmax |
 | ``nystrom`` | ``num_landmarks = r`` (r <= L) | softmax, non-causal, no mask |
-| ``linear``, ``cosformer`` | none: their own kernels, one constant line | any (they approximate nothing) |
+| ``elu-linear``, ``cosformer`` | none: their own kernels, one constant line | any (they approximate nothing) |
+| any other registered approximation | its record's budget option = r | what its record takes |
+
+The practical methods are the registered approximations (:func:`attnlab.approx.available_approximations`,
+less deprecated aliases); each one's record (:func:`attnlab.approx.get_record`) says what it refuses and
+which option is its budget, so registering an approximation makes it a choice of ``--methods``.
 
 Performer's budget: F = r would match the work of an r-term weighted sum per query, but FAVOR+
 with F < D features is mostly noise, so the default spends 4 r features (``--features-per-r``).
@@ -49,26 +54,27 @@ from typing import Any
 
 import torch
 
-from ..approx.oracles import available_oracles
+from ..approx import get_record
 from .approx_methods import (
     DEFAULT_METHODS,
-    PRACTICAL,
     VALUE_AWARE,
+    available_methods,
     compare_methods,
     hf_token_batch,
     load_hf_model,
     load_trained_model,
     method_output,
     oracle_attention,
+    practical_methods,
     skip_reason,
     synthetic_qkv,
 )
 from .base import Cell, CellContext, Study, register_study
 from .report import RunDir
 
-__all__ = ["PRACTICAL", "STUDY", "VALUE_AWARE", "ApproxErrorPreset", "build_parser", "compare_methods",
+__all__ = ["STUDY", "VALUE_AWARE", "ApproxErrorPreset", "available_methods", "build_parser", "compare_methods",
            "hf_token_batch", "load_hf_model", "load_trained_model", "main", "method_output", "oracle_attention",
-           "plot_series", "run", "skip_reason", "synthetic_qkv"]
+           "plot_series", "practical_methods", "run", "skip_reason", "synthetic_qkv"]
 
 
 @dataclass(frozen=True)
@@ -111,9 +117,9 @@ class ApproxErrorPreset:
         bad = [k for k in self.kernels if k not in available_kernels()]
         if bad:
             raise ValueError(f"--kernels must be in {available_kernels()}, got {bad}")
-        bad = [m for m in self.methods if m not in available_oracles() + list(PRACTICAL)]
+        bad = [m for m in self.methods if m not in available_methods()]
         if bad:
-            raise ValueError(f"--methods must be in {available_oracles() + list(PRACTICAL)}, got {bad}")
+            raise ValueError(f"--methods must be in {available_methods()}, got {bad}")
 
 
 def _groups(args: Any, only: tuple[str, float] | None = None) -> list[tuple[str, str, str, dict[str, Any]]]:
@@ -160,7 +166,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     ap = ArgumentParser(prog="attnlab approx-error", description=first_paragraph(__doc__))
     ap.add_argument("--methods", nargs="+", default=list(DEFAULT_METHODS),
-                    choices=available_oracles() + list(PRACTICAL))
+                    choices=available_methods())
     ap.add_argument("--rs", type=int, nargs="+", default=[1, 2, 4, 8, 16], help="budgets r")
     ap.add_argument("--kernels", nargs="+", default=["softmax", "expressive", "squared", "relu"],
                     help="kernels (synthetic data; captured Q/K/V use the model's kernel)")
@@ -211,7 +217,7 @@ def plot_series(rows: Sequence[dict[str, Any]], methods: Sequence[str], rs: Sequ
         dict[str, tuple[list[int], list[float]]], dict[str, str], dict[str, str], str]:
     """What one error-vs-r plot of ``rows`` (one problem's rows of :func:`compare_methods`) shows:
     (series, styles, notes, caption). Series: value-aware error over r per method that ran at
-    some r (linear and cosformer, which have no budget: one constant line); styles: distinct per
+    some r (a method with no budget, as elu-linear: one constant line); styles: distinct per
     method (:func:`attnlab.studies.report.series_styles`, value-aware dashed); notes: where a
     method stops before the last r, and why (va-exact beyond its size limit); caption: the
     methods with no point at all, and why ("" when none). No series: no plot to draw."""
@@ -227,7 +233,7 @@ def plot_series(rows: Sequence[dict[str, Any]], methods: Sequence[str], rs: Sequ
             if mine:
                 missing[m] = next((r["skipped"] for r in mine if r.get("skipped")), "no result")
             continue
-        if m in ("linear", "cosformer"):
+        if m in practical_methods() and get_record(m).budget is None:
             pts = [(x, pts[0][1]) for x in sorted(rs)]
         series[m] = ([x for x, _ in pts], [y for _, y in pts])
         after = [r for r in mine if r["r"] > pts[-1][0] and r.get("skipped")]

@@ -6,6 +6,7 @@ See :mod:`attnlab.studies.approx_error` for the methods' budgets.
 
 from __future__ import annotations
 
+import inspect
 import math
 from collections.abc import Sequence
 from pathlib import Path
@@ -14,60 +15,103 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ..approx.oracles import available_oracles, oracle_attention
-from ..approx.registry import approximate_attention
+from ..approx import (
+    approximate_attention,
+    available_approximations,
+    available_oracles,
+    get_oracle_record,
+    get_record,
+    oracle_attention,
+)
 from ..functional import attention
+from ..methods import MethodRecord
 from ..metrics import entropy, skewness, top_r_mass, value_aware_error, value_oblivious_error
-from ..problem import visibility
+from ..problem import AttentionProblem, build_problem, visibility
 
-__all__ = ["DEFAULT_METHODS", "PRACTICAL", "VALUE_AWARE", "compare_methods", "hf_token_batch", "load_hf_model",
-           "load_trained_model", "method_output", "oracle_attention", "skip_reason", "synthetic_qkv"]
+__all__ = ["DEFAULT_METHODS", "VALUE_AWARE", "available_methods", "compare_methods", "hf_token_batch",
+           "load_hf_model", "load_trained_model", "method_output", "oracle_attention", "practical_methods",
+           "skip_reason", "synthetic_qkv"]
 
-PRACTICAL = ("topk", "performer", "nystrom", "linear", "cosformer")
 VALUE_AWARE = ("va-greedy", "va-swap", "va-exact", "omp")
 DEFAULT_METHODS = ("topr", "topr-l2", "va-greedy", "va-exact", "omp", "topk", "performer", "nystrom",
-                   "linear", "cosformer")
+                   "elu-linear", "cosformer")
 
 
-def skip_reason(method: str, r: int, *, kernel: str, is_causal: bool, masked: bool, L: int, S: int, D_v: int,
-                va_exact_max_subsets: int = 5000) -> str | None:
-    """Why ``method`` at budget ``r`` does not apply to this problem (None: it does)."""
-    if method in ("performer", "nystrom") and kernel != "softmax":
-        return f"{method} approximates softmax only"
-    if method == "nystrom" and (is_causal or masked):
-        return "nystrom is non-causal and takes no mask"
-    if method == "nystrom" and r > min(L, S):
-        return f"nystrom needs r <= min(L, S) = {min(L, S)}"
+def practical_methods() -> list[str]:
+    """The registered approximations (:func:`attnlab.approx.available_approximations`) less the
+    deprecated aliases (a record whose doc starts with "deprecated"): registering one adds it."""
+    return [n for n in available_approximations() if not get_record(n).doc.lower().startswith("deprecated")]
+
+
+def available_methods() -> list[str]:
+    """Every method ``approx-error`` takes: the oracles, then the practical methods."""
+    return available_oracles() + practical_methods()
+
+
+def _record(method: str) -> MethodRecord:
+    if method in available_oracles():
+        return get_oracle_record(method)
+    if method in practical_methods():
+        return get_record(method)
+    raise ValueError(f"method must be one of {available_methods()}, got {method!r}")
+
+
+def _refusal(method: str, r: int, problem: AttentionProblem, *, va_exact_max_subsets: int) -> str | None:
+    """Why ``method`` at budget ``r`` does not take ``problem``: its record's refusal, then its
+    budget's range at r, then va-exact's size limit (None: it does)."""
+    record = _record(method)
+    reason = record.refusal(problem)
+    if reason is not None:
+        return reason
+    budget = record.budget
+    if budget is not None:
+        high = budget.high(problem) if callable(budget.high) else budget.high
+        if r < budget.low or (high is not None and r > high):
+            return f"{method} needs {budget.low} <= r <= {high if high is not None else 'inf'}, got r={r}"
+    S, D_v = problem.k.shape[-2], problem.v.shape[-1]
     if method == "va-exact" and math.comb(S, min(r, D_v + 1)) > va_exact_max_subsets:
         return f"va-exact infeasible: C({S}, {min(r, D_v + 1)}) > {va_exact_max_subsets} supports"
     return None
 
 
-def method_output(method: str, r: int, q: Tensor, k: Tensor, v: Tensor, *, kernel: str = "softmax",
-                  attn_mask: Tensor | None = None, is_causal: bool = False, scale: float | None = None,
-                  eps: float = 1e-6, features_per_r: int = 4, seed: int = 0) -> tuple[Tensor, Tensor | None]:
-    """The approximate output of ``method`` at budget ``r`` (see the module table) and its weights
-    p_hat (oracles) or None (practical methods).
+def skip_reason(method: str, r: int, *, kernel: str, is_causal: bool, masked: bool, L: int, S: int, D_v: int,
+                va_exact_max_subsets: int = 5000) -> str | None:
+    """Why ``method`` at budget ``r`` does not apply to a problem of these sizes (None: it does),
+    asked of a float32 stand-in problem (a mask: one that hides a key from one query).
 
     Raises:
         ValueError: a method that is neither an oracle nor a practical method.
     """
-    kw: dict[str, Any] = dict(attn_mask=attn_mask, is_causal=is_causal, enable_gqa=q.shape[-3] != k.shape[-3])
-    if method in available_oracles():
-        out, _, p_hat = oracle_attention(q, k, v, method=method, r=r, kernel=kernel, scale=scale, eps=eps,
-                                         return_weights=True, **kw)
+    q, v = torch.zeros(1, 1, L, D_v), torch.zeros(1, 1, S, D_v)
+    mask = torch.ones(L, S, dtype=torch.bool) if masked else None
+    if mask is not None:
+        mask[0, 0] = False
+    problem = build_problem(q, v, v, kernel=kernel, is_causal=is_causal, attn_mask=mask)
+    return _refusal(method, r, problem, va_exact_max_subsets=va_exact_max_subsets)
+
+
+def method_output(method: str, r: int, q: Tensor, k: Tensor, v: Tensor, *, kernel: str = "softmax",
+                  attn_mask: Tensor | None = None, is_causal: bool = False, scale: float | None = None,
+                  eps: float = 1e-6, features_per_r: int = 4, seed: int = 0) -> tuple[Tensor, Tensor | None]:
+    """The approximate output of ``method`` at budget ``r`` and its weights p_hat (oracles) or
+    None (practical methods). A practical method gets the problem arguments and ``seed`` it takes,
+    and its record's budget option set to r (``num_features``: ``features_per_r * r``).
+
+    Raises:
+        ValueError: a method that is neither an oracle nor a practical method.
+    """
+    record = _record(method)
+    args: dict[str, Any] = dict(kernel=kernel, attn_mask=attn_mask, is_causal=is_causal, scale=scale, eps=eps,
+                                enable_gqa=q.shape[-3] != k.shape[-3])
+    if record.kind == "oracle":
+        out, _, p_hat = oracle_attention(q, k, v, method=method, r=r, return_weights=True, **args)
         return out, p_hat
-    options: dict[str, Any] = {
-        "topk": dict(top_k=r, kernel=kernel, scale=scale, eps=eps),
-        "performer": dict(num_features=features_per_r * r, seed=seed, scale=scale, eps=eps),
-        "nystrom": dict(num_landmarks=r, scale=scale),
-        "linear": dict(eps=eps), "cosformer": dict(eps=eps),
-    }.get(method)
-    if options is None:
-        raise ValueError(f"method must be one of {available_oracles() + list(PRACTICAL)}, got {method!r}")
-    if method == "nystrom":
-        kw.pop("attn_mask"), kw.pop("is_causal")
-    return approximate_attention(q, k, v, method=method, **options, **kw), None
+    params = inspect.signature(record.run).parameters
+    takes_all = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+    options = {n: x for n, x in {**args, "seed": seed}.items() if takes_all or n in params}
+    if record.budget is not None:
+        options[record.budget.option] = features_per_r * r if record.budget.option == "num_features" else r
+    return approximate_attention(q, k, v, method=method, **options), None
 
 
 def compare_methods(q: Tensor, k: Tensor, v: Tensor, *, kernel: str, methods: Sequence[str], rs: Sequence[int],
@@ -79,17 +123,18 @@ def compare_methods(q: Tensor, k: Tensor, v: Tensor, *, kernel: str, methods: Se
     out, p = attention(q, k, v, kernel=kernel, attn_mask=attn_mask, is_causal=is_causal, scale=scale,
                        enable_gqa=q.shape[-3] != k.shape[-3], eps=eps, return_weights=True)
     L, S = p.shape[-2:]
+    problem = build_problem(q, k, v, kernel=kernel, attn_mask=attn_mask, is_causal=is_causal, scale=scale,
+                            enable_gqa=q.shape[-3] != k.shape[-3], eps=eps)
     vis = visibility(attn_mask, is_causal, L, S, p.device)
     stats = {"entropy": float(entropy(p, visible=vis).mean()), "skewness": float(skewness(p, visible=vis).mean())}
     rows = []
     for method in methods:
-        for r in rs if method not in ("linear", "cosformer") else [min(rs)]:
+        for r in rs if _record(method).budget is not None else [min(rs)]:
             row: dict[str, Any] = {"method": method, "r": r, "value_aware_error": None,
                                    "value_oblivious_error": None}
             row["top_r_mass"] = float(top_r_mass(p, min(r, S), visible=vis).mean())
             row.update(stats)
-            reason = skip_reason(method, r, kernel=kernel, is_causal=is_causal, masked=attn_mask is not None,
-                                 L=L, S=S, D_v=v.shape[-1], va_exact_max_subsets=va_exact_max_subsets)
+            reason = _refusal(method, r, problem, va_exact_max_subsets=va_exact_max_subsets)
             row["skipped"] = reason or ""
             if reason is None:
                 o_hat, p_hat = method_output(method, r, q, k, v, kernel=kernel, attn_mask=attn_mask,
