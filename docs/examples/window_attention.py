@@ -1,25 +1,28 @@
 """CONTRIBUTING.md's worked example: a new approximation in one file.
 
 ``window`` attention: query i sees only the keys j with abs(i - j) < ``window`` (local attention).
-Registering it with a record is the whole change: ``approximate_attention(method="window")``
-works, the test sweep enrols it (it runs, its refusals raise, and at ``window >= max(L, S)`` it
-must equal exact attention with its gradients), and ``attnlab approx-error`` can choose it.
+The method is one function of the validated problem (:class:`attnlab.problem.AttentionProblem`,
+canonical layout in and out, like a backend); registering it with a record is the whole change:
+``approximate_attention(method="window")`` works, ``window_attention(q, k, v, window=4, ...)``
+takes :func:`attnlab.attention`'s arguments, the test sweep enrols it (it runs, its refusals
+raise, and at ``window >= max(L, S)`` it must equal exact attention with its gradients), and
+``attnlab approx-error`` can choose it.
 """
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import torch
 from torch import Tensor
 
-import attnlab
 from attnlab.approx import register_approximation
+from attnlab.backends import select_backend
 from attnlab.methods import Budget
 from attnlab.problem import AttentionProblem
 
 
-def window_attention(query: Tensor, key: Tensor, value: Tensor, *, window: int = 16, kernel: str = "softmax",
-                     attn_mask: Tensor | None = None, is_causal: bool = False, scale: float | None = None,
-                     enable_gqa: bool = False, eps: float = 1e-6) -> Tensor:
+def window(problem: AttentionProblem, *, window: int = 16) -> Tensor:
     """:func:`attnlab.attention` restricted to the keys within ``window`` positions of each query.
 
     Raises:
@@ -29,12 +32,11 @@ def window_attention(query: Tensor, key: Tensor, value: Tensor, *, window: int =
         raise TypeError(f"window must be an int, got {type(window).__name__}")
     if window < 1:
         raise ValueError(f"window must be >= 1, got {window}")
-    L, S = query.shape[-2], key.shape[-2]
-    offset = torch.arange(L, device=query.device)[:, None] - torch.arange(S, device=query.device)[None, :]
-    band = offset.abs() < window
-    mask = band if attn_mask is None else attn_mask & band
-    return attnlab.attention(query, key, value, kernel=kernel, attn_mask=mask, is_causal=is_causal, scale=scale,
-                             enable_gqa=enable_gqa, eps=eps)
+    L, S, device = problem.q.shape[-2], problem.k.shape[-2], problem.device
+    offset = torch.arange(L, device=device)[:, None] - torch.arange(S, device=device)[None, :]
+    band = (offset.abs() < window).reshape(1, 1, 1, L, S)  # a mask in the canonical 5-D layout
+    banded = replace(problem, mask=band if problem.mask is None else problem.mask & band)
+    return select_backend("auto", banded).run(banded)  # (N, H_kv, G, L, D_v), like any backend
 
 
 def _exact(problem: AttentionProblem) -> dict:
@@ -42,5 +44,7 @@ def _exact(problem: AttentionProblem) -> dict:
     return {"window": max(problem.q.shape[-2], problem.k.shape[-2], 1)}
 
 
-register_approximation("window", window_attention, budget=Budget("window", 16), exact_options=_exact,
-                       doc="local attention: the keys within `window` positions of the query")
+#: ``window_attention(query, key, value, *, kernel, attn_mask, is_causal, scale, enable_gqa, eps,
+#: window=16)``: the registered function users call.
+window_attention = register_approximation("window", window, budget=Budget("window", 16), exact_options=_exact,
+                                          doc="local attention: the keys within `window` positions of the query")

@@ -76,7 +76,10 @@ class MethodRecord:
     Attributes:
         name: registry name.
         run: the function (backends: ``run(problem) -> output`` in the canonical layout;
-            approximations: ``fn(query, key, value, **options)``; oracles: ``solve(p, v, r, ...)``).
+            approximations: the function users call, ``fn(query, key, value, **options)``, which
+            :func:`~attnlab.problem.attention_signature` makes from a core ``core(problem, **options)``
+            that :func:`attnlab.approx.approximate_attention` runs (:func:`~attnlab.problem.attention_core`);
+            oracles: ``solve(p, v, r, ...)``).
         kind: ``"backend"``, ``"approximation"`` or ``"oracle"`` (names it in messages).
         kernels: the kernel names it computes (only the registered kernel objects of those names),
             or None for every kernel, user kernels too.

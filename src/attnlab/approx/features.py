@@ -36,9 +36,8 @@ from torch import Tensor
 
 from .._checks import check_int, deprecated_alias
 from ..backends import chunked_feature_attention
-from ..functional import canonicalize
-from ..kernels import Kernel, get_kernel
 from ..problem import AttentionProblem as Problem
+from ..problem import attention_signature
 
 __all__ = [
     "cosformer_attention",
@@ -46,6 +45,7 @@ __all__ = [
     "feature_attention",
     "linear_attention",
     "orthogonal_random_features",
+    "performer",
     "performer_attention",
 ]
 
@@ -114,44 +114,33 @@ def orthogonal_random_features(
     return (rows * norms[:, None]).to(dtype)
 
 
-def _prepare(method, query, key, value, attn_mask, is_causal, scale, enable_gqa, eps, kernel=None):
-    """Validate through attnlab's canonical layout; return (problem, out_shape, key_keep)."""
-    problem, out_shape = canonicalize(
-        query, key, value, attn_mask, is_causal, scale, enable_gqa, eps,
-        kernel or get_kernel("softmax"),
-    )
-    keep = None
-    if problem.mask is not None:
-        if problem.mask.shape[3] != 1:
-            raise ValueError(
-                f"attn_mask: method {method!r} honours only key-padding masks (broadcastable to "
-                f"(B..., H, 1, S)), got shape {tuple(attn_mask.shape)}"
-            )
-        keep = problem.mask.transpose(-1, -2)  # (n, h, g, S|1, 1)
-    return problem, out_shape, keep
+def _key_padding(method: str, problem: Problem) -> Tensor | None:
+    """The keys every query keeps, (n, h, g, S|1, 1), from a key-padding mask (None: all)."""
+    if problem.mask is None:
+        return None
+    if problem.mask.shape[3] != 1:
+        raise ValueError(
+            f"attn_mask: method {method!r} honours only key-padding masks (broadcastable to "
+            f"(B..., H, 1, S)), got one that varies over queries (shape {tuple(problem.mask.shape)} "
+            "in the canonical (N, H_kv, G, L, S) layout)"
+        )
+    return problem.mask.transpose(-1, -2)
 
 
-def _finish(problem: Problem, phi_q, phi_k, keep, out_shape, chunk_size) -> Tensor:
-    v = problem.v.to(phi_q.dtype)
+def _finish(problem: Problem, method: str, phi_q: Tensor, phi_k: Tensor, chunk_size: int) -> Tensor:
+    """The feature-map attention of ``problem``: (N, H_kv, G, L, D_v) in the input dtype."""
+    keep = _key_padding(method, problem)
     if keep is not None:
         phi_k = phi_k * keep
     out = feature_attention(
-        phi_q, phi_k, v, is_causal=problem.is_causal, eps=problem.eps, chunk_size=chunk_size
+        phi_q, phi_k, problem.v.to(phi_q.dtype), is_causal=problem.is_causal, eps=problem.eps, chunk_size=chunk_size
     )
-    return out.to(problem.q.dtype).reshape(out_shape)
+    return out.to(problem.q.dtype)
 
 
-def performer_attention(
-    query: Tensor,
-    key: Tensor,
-    value: Tensor,
+def performer(
+    problem: Problem,
     *,
-    kernel: str | Kernel = "softmax",
-    attn_mask: Tensor | None = None,
-    is_causal: bool = False,
-    scale: float | None = None,
-    enable_gqa: bool = False,
-    eps: float = 1e-6,
     num_features: int | None = None,
     seed: int | None = None,
     generator: torch.Generator | None = None,
@@ -164,7 +153,8 @@ def performer_attention(
     c (a per-query row maximum and one maximum over all keys), which cancel in the ratio.
     Features are drawn once per call, shared by batch and heads; redraw by changing ``seed``.
     ``eps`` is added to the normalizer after the constants c are taken out, so it acts on a
-    rescaled sum (pass ``eps=0`` for the plain ratio).
+    rescaled sum (pass ``eps=0`` for the plain ratio). The core ``performer(problem, ...)``
+    returns (N, H_kv, G, L, D_v); :func:`performer_attention` takes :func:`attnlab.attention`'s arguments.
 
     Args:
         kernel: must be ``"softmax"`` (the only kernel FAVOR+ estimates).
@@ -179,9 +169,9 @@ def performer_attention(
             ``seed`` and ``generator``; ``num_features``/``chunk_size`` < 1.
         TypeError: ``num_features``, ``seed`` or ``generator`` of the wrong type.
     """
-    kern = get_kernel(kernel)
-    if not kern.exponential:
-        raise ValueError(f"kernel: method 'performer' approximates softmax only, got {kern.name!r}")
+    p = problem
+    if not p.kernel.exponential:
+        raise ValueError(f"kernel: method 'performer' approximates softmax only, got {p.kernel.name!r}")
     if num_features is not None:
         check_int("num_features", num_features, 1)
     check_int("chunk_size", chunk_size, 1)
@@ -191,9 +181,7 @@ def performer_attention(
         raise TypeError(f"generator must be a torch.Generator, got {type(generator).__name__}")
     if seed is not None:
         check_int("seed", seed)
-    p, out_shape, keep = _prepare(
-        "performer", query, key, value, attn_mask, is_causal, scale, enable_gqa, eps, kern
-    )
+    _key_padding("performer", p)  # before the draw
     D = p.q.shape[-1]
     m = num_features or max(D, round(D * math.log(D)))
     gen = generator or torch.Generator().manual_seed(0 if seed is None else seed)
@@ -205,35 +193,24 @@ def performer_attention(
     wk = k @ w.T - k.square().sum(-1, keepdim=True) / 2
     phi_q = torch.exp(wq - wq.detach().amax(dim=-1, keepdim=True)) / math.sqrt(m)
     phi_k = torch.exp(wk - wk.detach().amax(dim=(-2, -1), keepdim=True)) / math.sqrt(m)
-    return _finish(p, phi_q, phi_k, keep, out_shape, chunk_size)
+    return _finish(p, "performer", phi_q, phi_k, chunk_size)
+
+
+performer_attention = attention_signature(performer, name="performer_attention")
 
 
 def _own_kernel_method(name: str, method: str, features: Callable[[Problem], tuple[Tensor, Tensor]],
                        doc: str) -> Callable[..., Tensor]:
-    """A method whose features define its own kernel (no ``scale``): one signature, checks and
-    engine for ``elu-linear`` and ``cosformer``; ``features(problem)`` returns (phi_q, phi_k)."""
+    """A method whose features define its own kernel (no ``kernel``; ``scale`` must stay None):
+    one core for ``elu-linear`` and ``cosformer``; ``features(problem)`` returns (phi_q, phi_k)."""
 
-    def fn(
-        query: Tensor,
-        key: Tensor,
-        value: Tensor,
-        *,
-        attn_mask: Tensor | None = None,
-        is_causal: bool = False,
-        scale: float | None = None,
-        enable_gqa: bool = False,
-        eps: float = 1e-6,
-        chunk_size: int = 64,
-    ) -> Tensor:
-        if scale is not None:
-            raise ValueError(f"scale: method {method!r} defines its own kernel and has no score scale")
+    def core(problem: Problem, *, chunk_size: int = 64) -> Tensor:
         check_int("chunk_size", chunk_size, 1)
-        p, out_shape, keep = _prepare(method, query, key, value, attn_mask, is_causal, None, enable_gqa, eps)
-        return _finish(p, *features(p), keep, out_shape, chunk_size)
+        _key_padding(method, problem)
+        return _finish(problem, method, *features(problem), chunk_size)
 
-    fn.__name__ = fn.__qualname__ = name
-    fn.__doc__ = doc
-    return fn
+    core.__name__ = core.__qualname__ = method.replace("-", "_")
+    return attention_signature(core, method=method, name=name, doc=doc, own_kernel=True)
 
 
 def _elu_features(p: Problem) -> tuple[Tensor, Tensor]:

@@ -28,10 +28,10 @@ from torch import Tensor
 
 from .._checks import check_int
 from ..backends import normalizer, tile_weights
-from ..functional import canonicalize
-from ..kernels import Kernel, get_kernel
+from ..kernels import Kernel
+from ..problem import AttentionProblem, attention_signature
 
-__all__ = ["iterative_pinv", "nystrom_attention", "segment_means"]
+__all__ = ["iterative_pinv", "nystrom", "nystrom_attention", "segment_means"]
 
 
 def segment_means(x: Tensor, num_segments: int) -> Tensor:
@@ -67,20 +67,11 @@ def _softmax(kernel: Kernel, s: Tensor) -> Tensor:
     return a / normalizer(kernel, a.sum(dim=-1, keepdim=True), 0.0)
 
 
-def nystrom_attention(
-    query: Tensor,
-    key: Tensor,
-    value: Tensor,
-    *,
-    num_landmarks: int = 64,
-    kernel: str | Kernel = "softmax",
-    attn_mask: Tensor | None = None,
-    is_causal: bool = False,
-    scale: float | None = None,
-    enable_gqa: bool = False,
-    pinv_iterations: int | None = 6,
-) -> Tensor:
+def nystrom(problem: AttentionProblem, *, num_landmarks: int = 64, pinv_iterations: int | None = 6) -> Tensor:
     """Nystromformer attention with segment-mean landmarks (see the module doc).
+
+    The core ``nystrom(problem, ...)`` returns (N, H_kv, G, L, D_v); :func:`nystrom_attention`
+    takes :func:`attnlab.attention`'s arguments (less ``eps``).
 
     Args:
         num_landmarks: m, in 1..min(L, S); m = L = S is exact.
@@ -99,17 +90,16 @@ def nystrom_attention(
         ValueError: ``is_causal``, ``attn_mask``, a non-softmax kernel, ``num_landmarks``
             outside 1..min(L, S), ``pinv_iterations`` < 1, or as :func:`attnlab.attention`.
     """
-    kern = get_kernel(kernel)
-    if not kern.exponential:
-        raise ValueError(f"kernel: method 'nystrom' approximates softmax only, got {kern.name!r}")
-    if is_causal is True:
+    p = problem
+    if not p.kernel.exponential:
+        raise ValueError(f"kernel: method 'nystrom' approximates softmax only, got {p.kernel.name!r}")
+    if p.is_causal:
         raise ValueError("is_causal: method 'nystrom' does not support causal attention")
-    if attn_mask is not None:
+    if p.mask is not None:
         raise ValueError("attn_mask: method 'nystrom' does not support masks; pass None")
     check_int("num_landmarks", num_landmarks)
     if pinv_iterations is not None:
         check_int("pinv_iterations", pinv_iterations, 1)
-    p, out_shape = canonicalize(query, key, value, None, is_causal, scale, enable_gqa, 0.0, kern)
     L, S = p.q.shape[-2], p.k.shape[-2]
     if not 1 <= num_landmarks <= min(L, S):
         raise ValueError(
@@ -118,9 +108,11 @@ def nystrom_attention(
     dtype = p.compute_dtype
     q, k, v = (x.to(dtype) for x in (p.q, p.k, p.v))
     q_land, k_land = segment_means(q, num_landmarks), segment_means(k, num_landmarks)
-    f = _softmax(kern, p.scale * q @ k_land.transpose(-1, -2))
-    a = _softmax(kern, p.scale * q_land @ k_land.transpose(-1, -2))
-    b = _softmax(kern, p.scale * q_land @ k.transpose(-1, -2))
+    f = _softmax(p.kernel, p.scale * q @ k_land.transpose(-1, -2))
+    a = _softmax(p.kernel, p.scale * q_land @ k_land.transpose(-1, -2))
+    b = _softmax(p.kernel, p.scale * q_land @ k.transpose(-1, -2))
     a_pinv = torch.linalg.pinv(a) if pinv_iterations is None else iterative_pinv(a, pinv_iterations)
-    out = f @ (a_pinv @ (b @ v))
-    return out.to(p.q.dtype).reshape(out_shape)
+    return (f @ (a_pinv @ (b @ v))).to(p.q.dtype)
+
+
+nystrom_attention = attention_signature(nystrom, name="nystrom_attention", without=("eps",))

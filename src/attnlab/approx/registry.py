@@ -1,8 +1,12 @@
 """Practical attention approximations, selectable by name.
 
-Every registered method takes ``(query, key, value, *, attn_mask=None, is_causal=False,
-scale=None, ...)`` in attnlab's layout (see :mod:`attnlab.functional`) plus its own keyword
-options, and returns the (B..., H, L, D_v) output. Built-ins:
+A method's core takes the validated problem, ``core(problem, **options)`` ->
+(N, H_kv, G, L, D_v) in the canonical layout (:mod:`attnlab.problem`), like a backend; its
+public function, made by :func:`attnlab.problem.attention_signature`, takes
+:func:`attnlab.attention`'s arguments plus the options and returns the (B..., H, L, D_v) output.
+:func:`approximate_attention` builds the problem once, asks the record once and runs the core.
+A function registered with the ``(query, key, value, **options)`` convention (the sparse
+selectors, a deprecated alias) is called as it is. Built-ins:
 
 | name | function | approximates | causal |
 |---|---|---|---|
@@ -33,7 +37,7 @@ from torch import Tensor
 
 from .._checks import check_registration
 from ..methods import Budget, MethodRecord
-from ..problem import build_problem
+from ..problem import PROBLEM_ARGS, attention_core, attention_signature, build_problem
 from ..registry import Registry
 from .features import cosformer_attention, elu_linear_attention, linear_attention, performer_attention
 from .lowrank import nystrom_attention
@@ -57,13 +61,17 @@ def _refresh() -> None:
 
 _REGISTRY: Registry[MethodRecord] = Registry("approximation", arg="method", entry="fn", entry_type=MethodRecord,
                                              on_change=_refresh)
-#: The arguments of :func:`attnlab.attention` that describe the problem (the rest are options).
-_PROBLEM_ARGS = ("kernel", "attn_mask", "is_causal", "scale", "enable_gqa", "eps")
 
 
 def register_approximation(name: str, fn: Approximation, *, overwrite: bool = False,
                            **capabilities: Any) -> Approximation:
-    """Register ``fn(query, key, value, **options)`` under ``name`` and return it.
+    """Register ``fn`` under ``name`` and return the function users call.
+
+    ``fn`` is a core ``fn(problem, *, **options)`` (its first parameter named ``problem``),
+    wrapped here by :func:`attnlab.problem.attention_signature` (the wrapped function is
+    returned and is what :func:`get_approximation` gives); a function that
+    :func:`~attnlab.problem.attention_signature` made; or ``fn(query, key, value, **options)``,
+    called as it is.
 
     ``capabilities`` are :class:`~attnlab.methods.MethodRecord` fields (``kernels``, ``devices``,
     ``dtypes``, ``masks``, ``causal``, ``differentiable``, ``budget``, ``exact_options``,
@@ -77,6 +85,8 @@ def register_approximation(name: str, fn: Approximation, *, overwrite: bool = Fa
         ValueError: the name is taken and ``overwrite`` is False.
     """
     check_registration("approximation", dict.fromkeys(_REGISTRY.names()), name, fn, "fn", overwrite)
+    if _takes_problem(fn):
+        fn = attention_signature(fn, method=name)
     if "budget" not in capabilities and name in BUDGET_OPTIONS:
         capabilities["budget"] = _budget_from_signature(fn, BUDGET_OPTIONS[name])
     record = MethodRecord(name, fn, kind="approximation", **capabilities)
@@ -110,6 +120,15 @@ def get_record(name: str) -> MethodRecord:
     return _REGISTRY.get(name)
 
 
+def _takes_problem(fn: Approximation) -> bool:
+    """Whether ``fn`` is a core: its first parameter is named ``problem``."""
+    try:
+        first = next(iter(inspect.signature(fn).parameters), None)
+    except (TypeError, ValueError):
+        return False
+    return first == "problem"
+
+
 def _budget_from_signature(fn: Approximation, option: str) -> Budget:
     """A :class:`Budget` for ``option`` with ``fn``'s default for it (0 where it has none)."""
     try:
@@ -136,7 +155,7 @@ def refusal(method: str, query: Tensor, key: Tensor, value: Tensor, **options: o
     record = get_record(method)
     if _is_permissive(record):
         return None
-    args = {k: options[k] for k in _PROBLEM_ARGS if k in options}
+    args = {k: options[k] for k in PROBLEM_ARGS if k in options}
     return record.refusal(build_problem(query, key, value, defer_finite_check=True, **args))
 
 
@@ -166,10 +185,17 @@ def approximate_attention(
                 raise TypeError(
                     f"option {option!r} is not accepted by method {method!r}; it accepts {accepted}"
                 )
-    reason = refusal(method, query, key, value, **options)
+    spec = attention_core(fn)
+    if spec is None:  # the (query, key, value, **options) convention: selectors, aliases, users' functions
+        reason = refusal(method, query, key, value, **options)
+        if reason is not None:
+            raise ValueError(reason)
+        return fn(query, key, value, **options)
+    problem, core_options = spec.split(query, key, value, options)
+    reason = record.refusal(problem)
     if reason is not None:
         raise ValueError(reason)
-    return fn(query, key, value, **options)
+    return problem.with_out_shape(spec.core(problem, **core_options))
 
 
 #: The option that sets each method's budget (its cost per query); kept in step with the records.

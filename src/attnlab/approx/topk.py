@@ -30,10 +30,10 @@ from torch.autograd.function import once_differentiable
 
 from .._checks import check_int
 from ..backends import fresh, normalizer, tile_visible, tile_weights
-from ..functional import canonicalize
-from ..kernels import Kernel, get_kernel
+from ..kernels import Kernel
+from ..problem import AttentionProblem, attention_signature
 
-__all__ = ["DEFAULT_TILE_ELEMENTS", "topk_attention"]
+__all__ = ["DEFAULT_TILE_ELEMENTS", "topk", "topk_attention"]
 
 #: Score elements in one forward tile when ``chunk_size`` is not given (fp32: 8 MiB).
 DEFAULT_TILE_ELEMENTS = 1 << 21
@@ -144,21 +144,11 @@ class _TopKAttention(torch.autograd.Function):
         return dq, dk, dv, None, None, None, None, None, None, None
 
 
-def topk_attention(
-    query: Tensor,
-    key: Tensor,
-    value: Tensor,
-    *,
-    top_k: int = 32,
-    kernel: str | Kernel = "softmax",
-    attn_mask: Tensor | None = None,
-    is_causal: bool = False,
-    scale: float | None = None,
-    enable_gqa: bool = False,
-    eps: float = 1e-6,
-    chunk_size: int | None = None,
-) -> Tensor:
+def topk(problem: AttentionProblem, *, top_k: int = 32, chunk_size: int | None = None) -> Tensor:
     """Top-k attention under any kernel, chunked over queries, trainable (see the module doc).
+
+    The core ``topk(problem, ...)`` takes an :class:`~attnlab.problem.AttentionProblem` and
+    returns (N, H_kv, G, L, D_v); :func:`topk_attention` takes :func:`attnlab.attention`'s arguments.
 
     Args:
         query, key, value, kernel, attn_mask, is_causal, scale, enable_gqa, eps: as in
@@ -187,12 +177,11 @@ def topk_attention(
     top_k = check_int("top_k", top_k, 1)
     if chunk_size is not None:
         chunk_size = check_int("chunk_size", chunk_size, 1)
-    kern = get_kernel(kernel)
-    p, out_shape = canonicalize(query, key, value, attn_mask, is_causal, scale, enable_gqa, eps, kern)
+    p = problem
     N, H, G, L, _ = p.q.shape
     S = p.k.shape[-2]
     chunk = chunk_size or max(1, min(L, DEFAULT_TILE_ELEMENTS // max(1, N * H * G * S)))
-    out = _TopKAttention.apply(
-        p.q, p.k, p.v, p.mask, kern, p.is_causal, p.scale, p.eps, top_k, chunk
-    )
-    return out.reshape(out_shape)
+    return _TopKAttention.apply(p.q, p.k, p.v, p.mask, p.kernel, p.is_causal, p.scale, p.eps, top_k, chunk)
+
+
+topk_attention = attention_signature(topk, name="topk_attention")
