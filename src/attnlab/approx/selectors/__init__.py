@@ -27,9 +27,10 @@ Each selector except ``topk`` (already registered as the trainable
 from __future__ import annotations
 
 from .caote import caote, caote_est
+from .compare import compare
 from .expected_attention import expected_attention
 from .h2o import h2o
-from .harness import SELECTORS, Context, Picked, Selection, compare, make_approximation, register_selector, select
+from .harness import SELECTORS, Context, Picked, Selection, make_approximation, register_selector, select
 from .magicpig import magicpig
 from .quest import quest
 from .streaming import streaming_llm

@@ -26,7 +26,8 @@ import math
 import torch
 
 from ..._checks import check_int
-from .harness import Context, Picked, key_bytes, take
+from .blocks import key_bytes, take
+from .harness import Context, Picked
 
 
 def _alpha(ctx: Context):

@@ -20,7 +20,8 @@ from __future__ import annotations
 import torch
 
 from ..._checks import check_int
-from .harness import Context, Picked, key_bytes, take
+from .blocks import key_bytes, take
+from .harness import Context, Picked
 
 
 def expected_attention(ctx: Context, top_k: int, *, n_queries: int = 16) -> Picked:

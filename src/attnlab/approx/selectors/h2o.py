@@ -22,7 +22,8 @@ from __future__ import annotations
 import torch
 
 from ..._checks import check_int
-from .harness import Context, Picked, key_bytes, sinks_and_window, take
+from .blocks import key_bytes, sinks_and_window, take
+from .harness import Context, Picked
 
 
 def h2o(ctx: Context, top_k: int, *, recent: int | None = None) -> Picked:

@@ -32,7 +32,7 @@ top_k``). Bytes read per query::
 itemsize is that of the input dtype. A query that sees at most ``top_k`` keys reads them all and
 gets exact attention, whatever the method (every method would read every key there).
 
-:func:`select` runs one method and returns a :class:`Selection`; :func:`compare` measures methods
+:func:`select` runs one method and returns a :class:`Selection`; :func:`.compare.compare` measures methods
 against oracle top-k and the value-aware oracle (``va-greedy``) over budgets, in the prefill
 (every query) or decode (the last query against the cache of the whole sequence) setting.
 """
@@ -40,8 +40,7 @@ against oracle top-k and the value-aware oracle (``va-greedy``) over budgets, in
 from __future__ import annotations
 
 import inspect
-import math
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 import torch
@@ -56,7 +55,6 @@ __all__ = [
     "Context",
     "Picked",
     "Selection",
-    "compare",
     "make_approximation",
     "register_selector",
     "select",
@@ -151,31 +149,6 @@ def register_selector(name: str, fn: Selector, *, softmax_only: bool = False, sa
     """Enrol ``fn(ctx, top_k, **options) -> Picked`` in the harness under ``name``."""
     SELECTORS[name] = _Entry(fn, softmax_only, sampled)
     return fn
-
-
-def take(crit: Tensor, allowed: Tensor, count: Tensor | int) -> Tensor:
-    """Bool mask of the ``count`` (int or per-row (..., L) tensor) largest ``crit`` among the
-    ``allowed`` keys of each row (fewer where fewer are allowed; ties by lower index)."""
-    masked = torch.where(allowed, crit, -torch.inf)
-    order = masked.argsort(dim=-1, descending=True, stable=True)
-    rank = torch.empty_like(order).scatter_(-1, order, torch.arange(crit.shape[-1], device=crit.device)
-                                            .expand_as(order).contiguous())
-    count = torch.as_tensor(count, device=crit.device)
-    if count.ndim:
-        count = count.unsqueeze(-1)
-    return allowed & (rank < count)
-
-
-def sinks_and_window(ctx: Context, sinks: Tensor | int, window: Tensor | int) -> Tensor:
-    """The first ``sinks`` and the last ``window`` visible keys (by position) of each row."""
-    pos = ctx.positions.to(ctx.s.dtype)
-    first = take(-pos, ctx.visible, sinks)
-    return first | take(pos, ctx.visible & ~first, window)
-
-
-def key_bytes(ctx: Context, per_key: float) -> Tensor:
-    """(N, H_kv, G, L) bytes of a summary of ``per_key`` bytes for every visible key."""
-    return ctx.n_visible.double() * per_key
 
 
 def _context(query, key, value, kernel, attn_mask, is_causal, scale, enable_gqa, eps, generator, seed):
@@ -304,62 +277,3 @@ def make_approximation(name: str) -> Callable[..., Tensor]:
     approximation.__doc__ = (f"Selector {name!r} through :func:`attnlab.approx.selectors.select` "
                              f"(budget ``top_k`` full K/V rows per query).\n\n{fn.__doc__ or ''}")
     return approximation
-
-
-# --- comparing methods against top-k and the value-aware oracle ------------------------------
-
-
-def _row_errors(o: Tensor, o_hat: Tensor) -> Tensor:
-    """||o - o_hat|| / ||o|| per row (rows with o = 0 dropped)."""
-    o, o_hat = o.reshape(-1, o.shape[-1]).double(), o_hat.reshape(-1, o.shape[-1]).double()
-    norm = o.norm(dim=-1)
-    keep = norm > 0
-    return (o - o_hat).norm(dim=-1)[keep] / norm[keep]
-
-
-def compare(query: Tensor, key: Tensor, value: Tensor, *, methods: Iterable[str], budgets: Iterable[int],
-            kernel: str = "softmax", is_causal: bool = False, attn_mask: Tensor | None = None,
-            mode: str = "prefill", seed: int = 0, oracle: str = "va-greedy",
-            options: Mapping[str, Mapping[str, object]] | None = None) -> list[dict[str, object]]:
-    """Relative output error of each method at each budget, beside oracle top-k and the
-    value-aware oracle ``oracle`` at the same number of keys.
-
-    ``mode="prefill"`` scores every query; ``"decode"`` only the last query of each sequence
-    (its cache: every key it may see; methods with a history, such as ``h2o``, use the earlier
-    queries). Returns one record per (method, budget): ``err`` (mean over rows of
-    ||o - o_hat|| / ||o||), ``err_topk``, ``err_oracle``, ``gap_closed`` = (err_topk - err) /
-    (err_topk - err_oracle) (NaN where the gap is below 1e-12), and the mean ``rows_used``,
-    ``rows_read``, ``bytes_read`` per query.
-
-    Raises:
-        ValueError: ``mode`` not prefill/decode, or as :func:`select`.
-    """
-    from ...functional import attention
-    from ..oracles import oracle_attention
-
-    if mode not in ("prefill", "decode"):
-        raise ValueError(f"mode must be 'prefill' or 'decode', got {mode!r}")
-    options = dict(options or {})
-    rows = slice(None) if mode == "prefill" else slice(-1, None)
-    exact = attention(query, key, value, kernel=kernel, is_causal=is_causal, attn_mask=attn_mask)[..., rows, :]
-    records = []
-    for r in budgets:
-        topk = select(query, key, value, method="topk", top_k=r, kernel=kernel, is_causal=is_causal,
-                      attn_mask=attn_mask)
-        err_topk = float(_row_errors(exact, topk.output[..., rows, :]).mean())
-        orc = oracle_attention(query, key, value, method=oracle, r=r, kernel=kernel, is_causal=is_causal,
-                               attn_mask=attn_mask)
-        err_oracle = float(_row_errors(exact, orc[..., rows, :]).mean())
-        for m in methods:
-            sel = select(query, key, value, method=m, top_k=r, kernel=kernel, is_causal=is_causal,
-                         attn_mask=attn_mask, seed=seed, **dict(options.get(m, {})))
-            err = float(_row_errors(exact, sel.output[..., rows, :]).mean())
-            gap = err_topk - err_oracle
-            records.append({
-                "method": m, "budget": r, "err": err, "err_topk": err_topk, "err_oracle": err_oracle,
-                "gap_closed": (err_topk - err) / gap if gap > 1e-12 else math.nan,
-                "rows_used": float(sel.rows_used[..., rows].double().mean()),
-                "rows_read": float(sel.rows_read[..., rows].double().mean()),
-                "bytes_read": float(sel.bytes_read[..., rows].mean()),
-            })
-    return records

@@ -29,7 +29,8 @@ import math
 import torch
 
 from ..._checks import check_int
-from .harness import Context, Picked, key_bytes, sinks_and_window, take
+from .blocks import key_bytes, sinks_and_window, take
+from .harness import Context, Picked
 
 
 def magicpig(ctx: Context, top_k: int, *, bits: int = 6, n_tables: int = 16, sinks: int = 4,

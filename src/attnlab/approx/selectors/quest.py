@@ -23,7 +23,8 @@ from __future__ import annotations
 import torch
 
 from ..._checks import check_int
-from .harness import Context, Picked, take
+from .blocks import take
+from .harness import Context, Picked
 
 
 def quest(ctx: Context, top_k: int, *, page_size: int = 16) -> Picked:

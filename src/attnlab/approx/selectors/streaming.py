@@ -12,7 +12,8 @@ of the budget (so a small budget keeps a window), the paper's setting is ``sinks
 from __future__ import annotations
 
 from ..._checks import check_int
-from .harness import Context, Picked, sinks_and_window
+from .blocks import sinks_and_window
+from .harness import Context, Picked
 
 
 def streaming_llm(ctx: Context, top_k: int, *, sinks: int = 4) -> Picked:

@@ -9,7 +9,8 @@ gives the same output (a test checks it), so it is not registered twice.
 
 from __future__ import annotations
 
-from .harness import Context, Picked, take
+from .blocks import take
+from .harness import Context, Picked
 
 
 def topk(ctx: Context, top_k: int) -> Picked:

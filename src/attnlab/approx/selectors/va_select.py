@@ -63,7 +63,8 @@ import torch
 
 from ..._checks import check_int
 from ..value_aware import _refit
-from .harness import Context, Picked, key_bytes, take
+from .blocks import key_bytes, take
+from .harness import Context, Picked
 
 DESIGNS = ("auto", "refit", "greedy", "greedy-all")
 SKETCHES = ("pca", "page", "none")

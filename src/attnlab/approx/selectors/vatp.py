@@ -11,7 +11,8 @@ factor to H2O's accumulated score as well). Summary: the exact scores of every k
 
 from __future__ import annotations
 
-from .harness import Context, Picked, key_bytes, take
+from .blocks import key_bytes, take
+from .harness import Context, Picked
 
 
 def vatp(ctx: Context, top_k: int) -> Picked:

@@ -24,7 +24,8 @@ from __future__ import annotations
 import torch
 
 from ..._checks import check_int
-from .harness import Context, Picked, sinks_and_window, take
+from .blocks import sinks_and_window, take
+from .harness import Context, Picked
 
 
 def check_fraction(name: str, x: object) -> float:
