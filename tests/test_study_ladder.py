@@ -185,8 +185,8 @@ def test_claims_verdicts():
     ({"solved_threshold": 1.5}, r"solved_threshold must be in \(0, 1\]"),
     ({"tie_tolerance": -0.1}, r"tie_tolerance must be in \[0, 1\)"),
     ({"lr": 1e-5}, "lr must be > 0 and >= min_lr"),
-    ({"d_model": 18, "n_heads": 2}, "must be an even integer"),
-    ({"d_model": 20, "n_heads": 3}, "must be an even integer"),
+    ({"d_model": 18, "n_heads": 2}, "d_model / n_heads must be even for rotary positions"),
+    ({"d_model": 20, "n_heads": 3}, r"d_model \(20\) must be divisible by n_heads \(3\)"),
     ({"depth": 3}, "overrides must be fields of LadderPreset"),
 ])
 def test_preset_validation(overrides, match):

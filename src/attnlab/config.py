@@ -14,6 +14,7 @@ run config from YAML and ``key=value`` overrides.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -25,7 +26,8 @@ from ._strict import apply_overrides, check_field_types, from_dict, read_yaml_ma
 from .data.config import DataConfig
 from .models.config import ModelConfig
 
-__all__ = ["DataConfig", "ModelConfig", "RunConfig", "TrainConfig", "check_backend", "check_device", "load_config"]
+__all__ = ["DataConfig", "ModelConfig", "RunConfig", "TrainConfig", "check_backend", "check_device",
+           "check_run_fields", "load_config"]
 
 
 @dataclass
@@ -84,6 +86,19 @@ class RunConfig:
 
     def __post_init__(self) -> None:
         check_backend(self.model)
+
+
+def check_run_fields(preset: Any, **derived: Any) -> None:
+    """Check a study preset's model and training fields with the checks of the run configs its
+    cells build: every field of :class:`ModelConfig` and of :class:`TrainConfig` that ``preset``
+    has (``n_layers``, ``d_model``, ``steps``, ``lr``, ...), or that ``derived`` gives (what the
+    study computes, e.g. ``min_lr=preset.lr / 10``), goes to that dataclass, which raises what
+    it refuses (TypeError, ValueError: the field named as in the preset).
+    """
+    for section in (ModelConfig, TrainConfig):
+        names = [f.name for f in dataclasses.fields(section)]
+        section(**{n: getattr(preset, n) for n in names if hasattr(preset, n)},
+                **{n: v for n, v in derived.items() if n in names})
 
 
 def check_backend(model: ModelConfig) -> None:

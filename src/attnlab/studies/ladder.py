@@ -37,6 +37,7 @@ from typing import Any
 import torch
 
 from .._checks import check_int
+from ..config import check_run_fields
 from .base import EXECUTION_ONLY, Cell, CellContext, PresetTable, Study, preset_from, register_study
 from .report import RunDir
 
@@ -105,20 +106,15 @@ class LadderPreset:
         if any(k not in available_kernels() for k in self.kernels) or not {DPA, EA} <= set(self.kernels):
             raise ValueError(f"kernels must be names in {available_kernels()} including 'softmax' and "
                              f"'expressive', got {self.kernels!r}")
-        for name in ("n_seeds", "n_layers", "d_model", "n_heads", "steps", "batch_size", "eval_every",
-                     "eval_batches", "final_eval_sequences", "jobs", "threads"):
+        for name in ("n_seeds", "eval_every", "final_eval_sequences", "jobs", "threads"):
             check_int(name, getattr(self, name), 1)
-        check_int("seed", self.seed, 0)
+        check_run_fields(self)  # model size and optimization: the RunConfig sections' own checks
         if self.eval_every > self.steps:
             raise ValueError(f"eval_every must be <= steps ({self.steps}), got {self.eval_every}")
         if not 0 < self.solved_threshold <= 1:
             raise ValueError(f"solved_threshold must be in (0, 1], got {self.solved_threshold}")
         if not 0 <= self.tie_tolerance < 1:
             raise ValueError(f"tie_tolerance must be in [0, 1), got {self.tie_tolerance}")
-        if not 0 < self.min_lr <= self.lr:
-            raise ValueError(f"lr must be > 0 and >= min_lr > 0, got lr={self.lr}, min_lr={self.min_lr}")
-        if (self.d_model // self.n_heads) % 2 or self.d_model % self.n_heads:
-            raise ValueError(f"d_model ({self.d_model}) / n_heads ({self.n_heads}) must be an even integer")
 
     @property
     def seeds(self) -> tuple[int, ...]:

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..models import ModelConfig
+from ..config import check_run_fields
 from ..models.config import check_field_types
 from .approx_methods import load_trained_model, skip_reason
 from .base import Cell, CellContext, PresetTable, Study, register_study
@@ -75,13 +75,10 @@ class ValueAwarePreset:
         from ..kernels import available_kernels
 
         check_field_types(self)
-        ModelConfig(n_layers=self.n_layers, d_model=self.d_model, n_heads=self.n_heads, context=self.context)
-        for name in ("steps", "batch_size", "eval_batches", "eval_batch_size", "features_per_r", "max_bytes",
-                     "va_exact_max_subsets", "n_seeds", "jobs"):
+        check_run_fields(self, min_lr=self.lr / 10)  # model size and optimization, as run_config builds them
+        for name in ("eval_batch_size", "features_per_r", "max_bytes", "va_exact_max_subsets", "n_seeds", "jobs"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.seed < 0:
-            raise ValueError(f"seed must be >= 0, got {self.seed}")
         if not self.rs or any(r < 1 or r > self.context for r in self.rs):
             raise ValueError(f"rs must be non-empty ints in [1, context={self.context}], got {self.rs}")
         for name, allowed in (("kernels", available_kernels()), ("kinds", ["causal", "masked"]), ("methods", METHODS)):
