@@ -146,9 +146,9 @@ def test_no_study_hard_codes_the_cpu(path):
 
 
 def test_the_device_reaches_training_and_every_evaluated_tensor(tmp_path, monkeypatch):
-    from attnlab.studies import ladder, va_eval, value_aware
+    from attnlab.studies import ladder, ladder_train, va_eval, value_aware
 
-    assert ladder._run_config(ladder.get_preset("tiny"), "recall", 1, "softmax", 0, tmp_path, "cuda:1")[0] \
+    assert ladder_train._run_config(ladder.get_preset("tiny"), "recall", 1, "softmax", 0, tmp_path, "cuda:1")[0] \
         .train.device == "cuda"
     assert va_eval.run_config(value_aware.PRESETS["tiny"], "causal", "relu", tmp_path, 0, "cuda").train.device == "cuda"
     # evaluation: the model and every input it sees are on the requested device
