@@ -33,7 +33,7 @@ ROOT = "attnlab"
 LAYERS: dict[str, int] = {
     "": 0, "_checks": 0, "_strict": 0, "_argparse": 0, "io": 0, "registry": 0, "provenance": 0, "profiling": 0,
     "stats": 0, "_problem_checks": 0,
-    "kernels": 1, "problem": 1, "methods": 1,
+    "kernels": 1, "problem": 1, "signature": 1, "methods": 1,
     "backends": 2,
     "functional": 3,
     "nn": 4, "approx": 4, "metrics": 4, "models": 4, "testing": 4,

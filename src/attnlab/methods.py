@@ -77,8 +77,8 @@ class MethodRecord:
         name: registry name.
         run: the function (backends: ``run(problem) -> output`` in the canonical layout;
             approximations: the function users call, ``fn(query, key, value, **options)``, which
-            :func:`~attnlab.problem.attention_signature` makes from a core ``core(problem, **options)``
-            that :func:`attnlab.approx.approximate_attention` runs (:func:`~attnlab.problem.attention_core`);
+            :func:`~attnlab.signature.attention_signature` makes from a core ``core(problem, **options)``
+            that :func:`attnlab.approx.approximate_attention` runs (:func:`~attnlab.signature.attention_core`);
             oracles: ``solve(p, v, r, ...)``).
         kind: ``"backend"``, ``"approximation"`` or ``"oracle"`` (names it in messages).
         kernels: the kernel names it computes (only the registered kernel objects of those names),

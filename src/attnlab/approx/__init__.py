@@ -4,7 +4,7 @@ Two families, each a registry of capability records (:class:`attnlab.methods.Met
 
 - practical methods with :func:`attnlab.attention`'s signature (``topk``, ``performer``,
   ``linear``, ``cosformer``, ``nystrom``, the sparse selectors): :func:`approximate_attention`;
-  each is a core ``fn(problem, **options)`` that :func:`attnlab.problem.attention_signature`
+  each is a core ``fn(problem, **options)`` that :func:`attnlab.signature.attention_signature`
   gives attention()'s parameters; add one with :func:`register_approximation`, read its record
   with :func:`get_record`;
 - r-sparse oracles for analysis, which need the exact weights (``topr``, ``topr-l2``,

@@ -37,7 +37,7 @@ from torch import Tensor
 from .._checks import check_int, deprecated_alias
 from ..backends import chunked_feature_attention
 from ..problem import AttentionProblem as Problem
-from ..problem import attention_signature
+from ..signature import attention_signature
 
 __all__ = [
     "cosformer_attention",

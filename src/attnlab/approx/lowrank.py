@@ -29,7 +29,8 @@ from torch import Tensor
 from .._checks import check_int
 from ..backends import normalizer, tile_weights
 from ..kernels import Kernel
-from ..problem import AttentionProblem, attention_signature
+from ..problem import AttentionProblem
+from ..signature import attention_signature
 
 __all__ = ["iterative_pinv", "nystrom", "nystrom_attention", "segment_means"]
 

@@ -2,7 +2,7 @@
 
 A method's core takes the validated problem, ``core(problem, **options)`` ->
 (N, H_kv, G, L, D_v) in the canonical layout (:mod:`attnlab.problem`), like a backend; its
-public function, made by :func:`attnlab.problem.attention_signature`, takes
+public function, made by :func:`attnlab.signature.attention_signature`, takes
 :func:`attnlab.attention`'s arguments plus the options and returns the (B..., H, L, D_v) output.
 :func:`approximate_attention` builds the problem once, asks the record once and runs the core.
 A function registered with the ``(query, key, value, **options)`` convention (the sparse
@@ -37,8 +37,9 @@ from torch import Tensor
 
 from .._checks import check_registration
 from ..methods import Budget, MethodRecord
-from ..problem import PROBLEM_ARGS, attention_core, attention_signature, build_problem
+from ..problem import PROBLEM_ARGS, build_problem
 from ..registry import Registry
+from ..signature import attention_core, attention_signature
 from .features import cosformer_attention, elu_linear_attention, linear_attention, performer_attention
 from .lowrank import nystrom_attention
 from .topk import topk_attention
@@ -68,9 +69,9 @@ def register_approximation(name: str, fn: Approximation, *, overwrite: bool = Fa
     """Register ``fn`` under ``name`` and return the function users call.
 
     ``fn`` is a core ``fn(problem, *, **options)`` (its first parameter named ``problem``),
-    wrapped here by :func:`attnlab.problem.attention_signature` (the wrapped function is
+    wrapped here by :func:`attnlab.signature.attention_signature` (the wrapped function is
     returned and is what :func:`get_approximation` gives); a function that
-    :func:`~attnlab.problem.attention_signature` made; or ``fn(query, key, value, **options)``,
+    :func:`~attnlab.signature.attention_signature` made; or ``fn(query, key, value, **options)``,
     called as it is.
 
     ``capabilities`` are :class:`~attnlab.methods.MethodRecord` fields (``kernels``, ``devices``,

@@ -31,7 +31,8 @@ from torch.autograd.function import once_differentiable
 from .._checks import check_int
 from ..backends import fresh, normalizer, tile_visible, tile_weights
 from ..kernels import Kernel
-from ..problem import AttentionProblem, attention_signature
+from ..problem import AttentionProblem
+from ..signature import attention_signature
 
 __all__ = ["DEFAULT_TILE_ELEMENTS", "topk", "topk_attention"]
 
