@@ -76,7 +76,7 @@ def test_one_real_option_of_each_subcommand_in_any_order(tmp_path):
 def test_usage_errors_are_one_line_and_exit_2(tmp_path):
     one_line_error(run(), "the following arguments are required: COMMAND")
     one_line_error(run("bogus"), "invalid choice: 'bogus'")
-    one_line_error(run("train"), "the following arguments are required: config")
+    one_line_error(run("train"), "the following arguments are required: config (")  # overrides are optional
     one_line_error(run("train", "c.yaml", "--bogus"), "unrecognized arguments: --bogus")
     one_line_error(run("study"), "the following arguments are required: name")
     one_line_error(run("study", "bogus"), "invalid choice: 'bogus'")

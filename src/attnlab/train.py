@@ -250,7 +250,7 @@ def _parser() -> argparse.ArgumentParser:
   launch: --resume with more train.steps continues it at min_lr instead of restarting it.
   Ctrl-C (SIGINT) or SIGTERM: the step finishes, a checkpoint is written, exit 130 / 143.""")
     parser.add_argument("config", help="YAML run config (sections model, data, train)")
-    parser.add_argument("overrides", nargs="*", help="overrides such as model.n_layers=4 train.steps=100")
+    parser.add_argument("overrides", nargs="*", default=[], help="overrides such as model.n_layers=4 train.steps=100")
     group = parser.add_mutually_exclusive_group()
     group.add_argument("--resume", action="store_true", help="continue from the run's newest checkpoint")
     group.add_argument("--overwrite", action="store_true",
