@@ -10,8 +10,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .kernels import Kernel, get_kernel
-from .problem import causal_visible, combine_visible
+from .problem import AttentionProblem
+from .signature import attention_signature
 
 __all__ = ["TOLERANCES", "assert_close", "max_error", "plain_attention"]
 
@@ -60,27 +60,15 @@ def assert_close(
         )
 
 
-def plain_attention(
-    query: Tensor,
-    key: Tensor,
-    value: Tensor,
-    *,
-    kernel: str | Kernel = "softmax",
-    attn_mask: Tensor | None = None,
-    is_causal: bool = False,
-    scale: float | None = None,
-    eps: float = 1e-6,
-) -> Tensor:
+def _plain_attention(problem: AttentionProblem) -> Tensor:
     """The naive implementation, every step in the inputs' own dtype (no upcast), no GQA.
 
     It is the yardstick of the FlashAttention rule, not a backend: in float16 its squared
     scores overflow where attnlab's do not.
     """
-    kern = get_kernel(kernel)
-    scale = query.shape[-1] ** -0.5 if scale is None else scale
-    s = (query @ key.transpose(-1, -2)) * scale
-    L, S = s.shape[-2:]
-    visible = combine_visible(attn_mask, causal_visible(0, L, S, s.device) if is_causal else None)
+    kern = problem.kernel
+    s = (problem.q @ problem.k.transpose(-1, -2)) * problem.scale
+    visible = problem.visible
     if kern.exponential:
         if visible is not None:
             s = s.masked_fill(~visible, float("-inf"))
@@ -90,5 +78,10 @@ def plain_attention(
         a = kern.weights(s)
         if visible is not None:
             a = torch.where(visible, a, 0)
-        z = a.sum(-1, keepdim=True) + eps
-    return (a / torch.where(z > 0, z, 1)) @ value
+        z = a.sum(-1, keepdim=True) + problem.eps
+    return (a / torch.where(z > 0, z, 1)) @ problem.v
+
+
+#: ``plain_attention(query, key, value, *, kernel, attn_mask, is_causal, scale, eps)``: validated
+#: as :func:`attnlab.attention` is (by the same front door), computed naively.
+plain_attention = attention_signature(_plain_attention, name="plain_attention", without=("enable_gqa",))
