@@ -211,3 +211,14 @@ def test_approx_error_is_a_study_of_the_launcher(tmp_path):
     assert launcher.run_study("approx-error", "quick", resume=path, progress=False) == path
     sessions = json.loads((path / "run.json").read_text())["sessions"]
     assert [s["cells_run"] for s in sessions] == [2, 0]  # one cell per (kernel, temperature), none twice
+
+
+def test_the_renamed_linear_method_still_runs_with_a_warning():
+    """`--methods linear` (elu+1 attention, now `elu-linear`) keeps working, with a FutureWarning."""
+    from attnlab.studies.approx_error import ApproxErrorPreset, build_parser
+
+    with pytest.warns(FutureWarning, match="'linear' is deprecated, use 'elu-linear'"):
+        args = build_parser().parse_args(["--methods", "linear", "topr"])
+    assert args.methods == ["elu-linear", "topr"]
+    with pytest.warns(FutureWarning, match="'linear' is deprecated"):
+        assert ApproxErrorPreset(methods=("linear",)).methods == ("elu-linear",)

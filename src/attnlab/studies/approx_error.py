@@ -59,6 +59,7 @@ from .approx_methods import (
     VALUE_AWARE,
     available_methods,
     compare_methods,
+    current_method,
     hf_token_batch,
     load_hf_model,
     load_trained_model,
@@ -116,6 +117,7 @@ class ApproxErrorPreset:
         bad = [k for k in self.kernels if k not in available_kernels()]
         if bad:
             raise ValueError(f"--kernels must be in {available_kernels()}, got {bad}")
+        object.__setattr__(self, "methods", tuple(current_method(m) for m in self.methods))
         bad = [m for m in self.methods if m not in available_methods()]
         if bad:
             raise ValueError(f"--methods must be in {available_methods()}, got {bad}")
@@ -164,7 +166,7 @@ def build_parser() -> argparse.ArgumentParser:
     from .._argparse import ArgumentParser, first_paragraph
 
     ap = ArgumentParser(prog="attnlab approx-error", description=first_paragraph(__doc__))
-    ap.add_argument("--methods", nargs="+", default=list(DEFAULT_METHODS),
+    ap.add_argument("--methods", nargs="+", default=list(DEFAULT_METHODS), type=current_method,
                     choices=available_methods())
     ap.add_argument("--rs", type=int, nargs="+", default=[1, 2, 4, 8, 16], help="budgets r")
     ap.add_argument("--kernels", nargs="+", default=["softmax", "expressive", "squared", "relu"],

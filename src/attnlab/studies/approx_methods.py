@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import inspect
 import math
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -41,6 +42,19 @@ def practical_methods() -> list[str]:
     """The registered approximations (:func:`attnlab.approx.available_approximations`) less the
     deprecated aliases (a record whose doc starts with "deprecated"): registering one adds it."""
     return [n for n in available_approximations() if not get_record(n).doc.lower().startswith("deprecated")]
+
+
+#: Methods approx-error still takes under their old name, with a FutureWarning (shown by default).
+RENAMED_METHODS = {"linear": "elu-linear"}
+
+
+def current_method(name: str) -> str:
+    """``name``, or what it was renamed to (warning once per call that it is deprecated)."""
+    if name in RENAMED_METHODS:
+        warnings.warn(f"approx-error: method {name!r} is deprecated, use {RENAMED_METHODS[name]!r}",
+                      FutureWarning, stacklevel=2)
+        return RENAMED_METHODS[name]
+    return name
 
 
 def available_methods() -> list[str]:
