@@ -222,3 +222,14 @@ def test_the_renamed_linear_method_still_runs_with_a_warning():
     assert args.methods == ["elu-linear", "topr"]
     with pytest.warns(FutureWarning, match="'linear' is deprecated"):
         assert ApproxErrorPreset(methods=("linear",)).methods == ("elu-linear",)
+
+
+def test_methods_with_their_own_kernel_run_at_any_temperature():
+    """elu-linear and cosformer define their own kernel: the temperature's score scale is not theirs to
+    take, and a scaled synthetic problem must still run them (it raised before)."""
+    from attnlab.studies.approx_error import compare_methods, synthetic_qkv
+
+    q, k, v = synthetic_qkv(length=16, head_dim=8)
+    rows = compare_methods(q, k, v, kernel="softmax", methods=["elu-linear", "cosformer"], rs=[2], scale=0.7)
+    assert [r["method"] for r in rows] == ["elu-linear", "cosformer"]
+    assert all(r["skipped"] == "" and r["value_aware_error"] is not None for r in rows)

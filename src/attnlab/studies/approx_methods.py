@@ -123,6 +123,8 @@ def method_output(method: str, r: int, q: Tensor, k: Tensor, v: Tensor, *, kerne
     params = inspect.signature(record.run).parameters
     takes_all = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
     options = {n: x for n, x in {**args, "seed": seed}.items() if takes_all or n in params}
+    if "kernel" not in params:  # a method with its own kernel (elu-linear, cosformer) has no score scale
+        options.pop("scale", None)
     if record.budget is not None:
         options[record.budget.option] = features_per_r * r if record.budget.option == "num_features" else r
     return approximate_attention(q, k, v, method=method, **options), None
