@@ -115,7 +115,7 @@ def resolve_backend(kernel: Kernel, *, return_weights: bool = False,
        ``triton`` is registered, Triton's interpreter is off, and ``problem``'s tensors are on
        CUDA in float16/bfloat16/float32 with head dims <= 128 (what the backend accepts): ``triton``;
     4. the same kernels on CPU tensors, when the ``cpp`` backend's C++ kernels build and load
-       (the first such call compiles them, once per machine): ``cpp``;
+       (the first such call compiles them, once per clone or venv): ``cpp``;
     5. any other kernel or input (user kernels; softmax with dropout; CPU where no C++
        compiler exists): ``chunked`` (tiled, memory-efficient, recomputing backward).
 
