@@ -30,8 +30,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .._strict import check_field_types
 from ..config import check_run_fields
-from ..models.config import check_field_types
 from .approx_methods import load_trained_model, skip_reason
 from .base import Cell, CellContext, PresetTable, Study, register_study
 from .va_eval import LayerProbe, evaluate_tokens, hf_tokens, run_config, source_for
