@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from attnlab.data import tasks as T
 
-LEVELS = range(1, 7)
+LEVELS = range(1, 7)  # every task has these; recurrence and mixture go on to 7
 
 
 def full_rows(batch: T.TaskBatch) -> list[list[int]]:
@@ -69,7 +69,7 @@ def check_ground_truth(cfg, batch: T.TaskBatch) -> None:
             assert batch.targets[b, t].item() == v
 
 
-ALL = [(name, c) for name in ["recurrence", "recall", "mixture"] for c in LEVELS]
+ALL = [(name, c) for name in ["recurrence", "recall", "mixture"] for c in sorted(T.get_task(name).ladder)]
 
 
 @pytest.mark.parametrize(("name", "level"), ALL, ids=[f"{n}-{c}" for n, c in ALL])
@@ -110,7 +110,7 @@ def test_recall_ground_truth_any_config(k, q, v, seed):
 
 
 def test_mixture_uses_every_task_token_and_distinct_rules():
-    cfg = T.task_config("mixture", 5, length=12)
+    cfg = T.task_config("mixture", 6, length=12)
     rules = {T.recurrence_rule(c) for c in cfg.components}
     assert len(rules) == len(cfg.components) == 4
     batch = T.sample(cfg, 64, seed=0)
@@ -142,7 +142,7 @@ def test_config_seed_selects_the_rule():
 
 def knobs(cfg) -> tuple[int, ...]:
     if isinstance(cfg, T.RecurrenceConfig):
-        return (cfg.num_terms, cfg.max_delay, cfg.vocab_size)
+        return (cfg.num_terms, cfg.max_delay, cfg.vocab_size, cfg.weighted)
     if isinstance(cfg, T.RecallConfig):
         return (cfg.num_pairs, cfg.vocab_size, cfg.queries)
     return (len(cfg.components), *knobs(cfg.components[0]))
@@ -150,9 +150,67 @@ def knobs(cfg) -> tuple[int, ...]:
 
 @pytest.mark.parametrize("name", ["recurrence", "recall", "mixture"])
 def test_ladder_is_monotone(name):
-    ladder = [knobs(T.task_config(name, c)) for c in LEVELS]
+    levels = sorted(T.get_task(name).ladder)
+    assert levels == list(range(1, len(levels) + 1))  # consecutive from 1
+    ladder = [knobs(T.task_config(name, c)) for c in levels]
     for lo, hi in itertools.pairwise(ladder):
         assert all(a <= b for a, b in zip(lo, hi, strict=True)) and lo != hi
+
+
+PLAIN = [lv for lv, k in T.get_task("recurrence").ladder.items() if k["weighted"] == 0]
+
+
+def test_recurrence_ladder_starts_with_plain_delayed_addition():
+    ladder = T.get_task("recurrence").ladder
+    assert PLAIN == list(range(1, len(PLAIN) + 1)) and len(PLAIN) >= 2  # the first rungs, then weighted
+    assert all(ladder[lv]["num_terms"] >= 2 for lv in PLAIN)  # N = 1 would be a copy task
+    assert [ladder[lv]["weighted"] for lv in sorted(ladder)][len(PLAIN):] == [1] * (len(ladder) - len(PLAIN))
+    grows = [(ladder[lv]["num_terms"], ladder[lv]["max_delay"]) for lv in PLAIN]
+    assert grows[0] < grows[-1] and grows[0][0] < grows[-1][0] and grows[0][1] < grows[-1][1]
+
+
+@pytest.mark.parametrize("level", PLAIN)
+@pytest.mark.parametrize("seed", [0, 5])
+def test_plain_rungs_are_delayed_addition(level, seed):
+    """x_t = (x_{t-tau_1} + ... + x_{t-tau_N}) mod V on every predictable position, checked by a
+    loop that does not use the rule's coefficients, with largest delay exactly T."""
+    cfg = T.task_config("recurrence", level, seed=seed)
+    assert cfg.weighted == 0
+    coeffs, delays = T.recurrence_rule(cfg)
+    assert coeffs == (1,) * cfg.num_terms
+    assert max(delays) == cfg.max_delay == T.get_task("recurrence").ladder[level]["max_delay"]
+    assert len(set(delays)) == cfg.num_terms and min(delays) >= 1
+    batch = T.sample(cfg, 16, seed=seed + 1)
+    for row in full_rows(batch):
+        for t in range(cfg.max_delay, len(row)):
+            assert row[t] == sum(row[t - d] for d in delays) % cfg.vocab_size
+    assert batch.predictable[:, cfg.max_delay - 1:].all() and not batch.predictable[:, : cfg.max_delay - 1].any()
+    # uniform marginals also for even V with c = 1 (c_T = 1 is a unit: the state map is a bijection)
+    counts = torch.bincount(T.sample(cfg, 512, seed=9).targets[:, cfg.max_delay:].flatten(), minlength=cfg.vocab_size)
+    assert counts.min() > 0.7 * counts.float().mean()
+
+
+def test_plain_and_weighted_share_delays_and_old_rules_are_kept():
+    cfg = T.RecurrenceConfig(3, 6, 16, 64, seed=4)
+    plain = dataclasses.replace(cfg, weighted=0)
+    assert T.recurrence_rule(plain)[1] == T.recurrence_rule(cfg)[1]
+    assert T.recurrence_rule(plain)[0] == (1, 1, 1)
+    assert T.recurrence_rule(T.task_config("recurrence", 5, seed=4)) == T.recurrence_rule(cfg)
+    with pytest.raises(ValueError, match="weighted must be in"):
+        T.RecurrenceConfig(weighted=2)
+
+
+def test_mixture_mixes_plain_rules_at_low_levels():
+    for level in (1, 2, 3, 4):
+        cfg = T.task_config("mixture", level, seed=0)
+        assert all(c.weighted == 0 for c in cfg.components)
+        assert len({T.recurrence_rule(c) for c in cfg.components}) == len(cfg.components)
+
+
+def test_recall_is_labelled_as_attnlabs_own():
+    import attnlab.data.tasks.recall as recall_module
+
+    assert "not a task of Gros" in recall_module.__doc__
 
 
 def test_registry_and_overrides():
@@ -192,7 +250,7 @@ def test_accuracy_with_logits_ignores_unpredictable_positions():
         (lambda: T.task_config("recall", 7), ValueError, "complexity must be in 1..6"),
         (lambda: T.task_config("recall", 0), ValueError, "complexity must be >= 1"),
         (lambda: T.task_config("recall", 1, lenght=3), ValueError, "overrides must be fields"),
-        (lambda: T.task_config("mixture", 1, vocab_size=2), ValueError, "distinct rules"),
+        (lambda: T.task_config("mixture", 1, max_delay=2), ValueError, "distinct rules"),
         (lambda: T.sample("recall", 2, 0), TypeError, "cfg must be one of the task configs"),
         (lambda: T.sample(T.RecallConfig(), 0, 0), ValueError, "n must be >= 1"),
         (lambda: T.sample(T.RecallConfig(), 2, -3), ValueError, "seed must be >= 0"),

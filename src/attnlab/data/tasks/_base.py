@@ -92,19 +92,24 @@ def get_task(name: str) -> TaskSpec:
 
 
 def task_config(name: str, complexity: int, seed: int = 0, **overrides: int) -> Any:
-    """The config of task ``name`` at ladder level ``complexity`` (1 = easiest .. 6).
+    """The config of task ``name`` at ladder level ``complexity`` (1 = easiest).
 
-    ====  ==================  =====================  ===========================
-    lvl   recurrence N, T, V  recall K, V (Q = K)    mixture tasks x recurrence
-    ====  ==================  =====================  ===========================
-    1     1, 2, 8             2, 16                  2 x level 1
-    2     2, 3, 8             4, 32                  2 x level 2
-    3     2, 4, 16            8, 64                  3 x level 2
-    4     3, 6, 16            16, 128                3 x level 3
-    5     3, 8, 32            32, 256                4 x level 3
-    6     4, 12, 32           64, 512                4 x level 4
-    ====  ==================  =====================  ===========================
+    ====  ======================  =====================  ===========================
+    lvl   recurrence N, T, V, w   recall K, V (Q = K)    mixture tasks x recurrence
+    ====  ======================  =====================  ===========================
+    1     2, 2, 8, plain          2, 16                  2 x level 2
+    2     2, 3, 8, plain          4, 32                  2 x level 3
+    3     2, 4, 16, plain         8, 64                  3 x level 3
+    4     3, 6, 16, plain         16, 128                3 x level 4
+    5     3, 6, 16, weighted      32, 256                3 x level 5
+    6     3, 8, 32, weighted      64, 512                4 x level 6
+    7     4, 12, 32, weighted     -                      4 x level 7
+    ====  ======================  =====================  ===========================
 
+    ``recurrence`` levels 1-4 are plain delayed addition (all coefficients 1, Gros's "NT"
+    tasks), 5-7 draw random unit coefficients (``weighted=1``); ``mixture`` mixes them (the
+    paper's multi-task setting). ``recall`` (associative recall) is attnlab's own addition,
+    not a task of the paper.
     Every knob is non-decreasing along the ladder and each level raises at least one. Sequence
     length: 64 for recurrence and mixture, ``4K - 1`` for recall. Mixture components are
     recurrences with distinct rules, the first found among seeds ``seed, seed + 1, ...``.

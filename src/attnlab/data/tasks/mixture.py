@@ -1,4 +1,10 @@
-"""The ``mixture`` task: several recurrences interleaved, each sequence opening with its task's token."""
+"""The ``mixture`` task: several recurrences interleaved, each sequence opening with its task's token.
+
+The multi-task setting of Gros (arXiv 2407.18601): one model learns several delayed-addition
+rules at once and must tell from the context which one applies. Ladder (``num_tasks`` x
+recurrence level): 1: 2 x 2, 2: 2 x 3, 3: 3 x 3, 4: 3 x 4 (all plain delayed addition),
+5: 3 x 5, 6: 4 x 6, 7: 4 x 7 (weighted rules).
+"""
 
 from __future__ import annotations
 
@@ -80,10 +86,13 @@ def _build_mixture(knobs: dict[str, int], seed: int, overrides: dict[str, int]) 
 
 
 register_task(TaskSpec("mixture", MixtureConfig, _sample_mixture, {
-    1: dict(num_tasks=2, recurrence_level=1),
-    2: dict(num_tasks=2, recurrence_level=2),
-    3: dict(num_tasks=3, recurrence_level=2),
-    4: dict(num_tasks=3, recurrence_level=3),
-    5: dict(num_tasks=4, recurrence_level=3),
-    6: dict(num_tasks=4, recurrence_level=4),
+    # levels 1-4 mix plain delayed-addition rules (recurrence level 1 has a single rule, so
+    # mixtures start at level 2, which has two); levels 5-7 mix weighted rules
+    1: dict(num_tasks=2, recurrence_level=2),
+    2: dict(num_tasks=2, recurrence_level=3),
+    3: dict(num_tasks=3, recurrence_level=3),
+    4: dict(num_tasks=3, recurrence_level=4),
+    5: dict(num_tasks=3, recurrence_level=5),
+    6: dict(num_tasks=4, recurrence_level=6),
+    7: dict(num_tasks=4, recurrence_level=7),
 }, build=_build_mixture))

@@ -1,4 +1,8 @@
-"""The ``recall`` task: multi-query associative recall."""
+"""The ``recall`` task: multi-query associative recall.
+
+attnlab's own addition to the complexity ladder, not a task of Gros (arXiv 2407.18601), whose
+benchmarks are delayed-addition time sequences (``recurrence``, ``mixture``).
+"""
 
 from __future__ import annotations
 
