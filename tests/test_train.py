@@ -69,7 +69,14 @@ def losses(run_dir: Path) -> list[float]:
     (["train.steps=abc"], TypeError, "train.steps must be int"),
     (["train.steps=0"], ValueError, "train.steps must be >= 1"),
     (["train.lr=1e-5", "train.min_lr=1e-4"], ValueError, "train.lr must be > 0 and >= min_lr"),
-    (["train.device=tpu"], ValueError, "train.device must be 'auto', 'cpu' or 'cuda'"),
+    (["train.device=tpu"], ValueError, "train.device must be 'auto', 'cpu', 'cuda' or 'cuda:N'"),
+    (["train.device=cuda:x"], ValueError, "train.device must be 'auto', 'cpu', 'cuda' or 'cuda:N'"),
+    (["train.device=cuda:01"], ValueError, "train.device must be 'auto', 'cpu', 'cuda' or 'cuda:N'"),
+    (["train.early_stop_patience=-1"], ValueError, "train.early_stop_patience must be >= 0"),
+    (["train.stop_at_accuracy=1.5", "train.eval_every=2"], ValueError, r"train.stop_at_accuracy must be in \(0, 1\]"),
+    (["train.stop_at_accuracy=0"], ValueError, r"train.stop_at_accuracy must be in \(0, 1\]"),
+    (["train.early_stop_patience=3"], ValueError, "early stopping .* needs the periodic evaluation: eval_every"),
+    (["train.stop_at_accuracy=0.9"], ValueError, "early stopping .* needs the periodic evaluation: eval_every"),
     (["model.d_model=30"], ValueError, r"model.d_model \(30\) must be divisible by n_heads"),
     (["model.n_kv_heads=3"], ValueError, r"model.n_heads \(4\) must be a multiple of n_kv_heads"),
     (["model.kernel=cosine"], ValueError, "model.kernel must be one of"),
@@ -539,9 +546,10 @@ def test_backend_that_cannot_compute_the_kernel_fails_when_the_config_loads():
     (["data.source=corpus", "data.name=nonexistent"], "data.name must be 'stdlib'"),
     (["data.source=task", "data.name=nonexistent"], "data: name must be one of"),
     (["train.device=cuda"], "train.device is 'cuda' but this torch"),
+    (["train.device=cuda:0"], "train.device is 'cuda:0' but this torch"),
 ])
 def test_errors_before_any_work(tmp_path, capsys, overrides, match):
-    if "train.device=cuda" in overrides and torch.cuda.is_available():
+    if any(o.startswith("train.device=cuda") for o in overrides) and torch.cuda.is_available():
         pytest.skip("CUDA is available here")
     cfg = T.load_config(None, [*small_overrides(tmp_path), *overrides])
     with pytest.raises(ValueError, match=match):
@@ -559,3 +567,94 @@ def test_main_reports_a_backend_kernel_mismatch_before_work(tmp_path, capsys):
     path.write_text("model: {backend: sdpa, kernel: expressive}\n")
     assert T.main([str(path), *small_overrides(tmp_path)[:4], "data.source=counting"]) == 2
     assert "model.backend 'sdpa' does not support model.kernel 'expressive'" in capsys.readouterr().err
+
+
+# --- early stopping and cuda:N ---------------------------------------------------------------
+
+
+def metric_lines(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_device_accepts_cuda_with_an_index():
+    for device in ("cuda:0", "cuda:1", "cuda:12", "cuda", "cpu", "auto"):
+        assert T.TrainConfig(device=device).device == device
+    for device in ("cuda:", "cuda:-1", "cuda:1.0", "gpu:0", "cpu:0", "cuda:٣"):
+        with pytest.raises(ValueError, match="device must be 'auto', 'cpu', 'cuda' or 'cuda:N'"):
+            T.TrainConfig(device=device)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_index_trains_on_that_device(tmp_path):
+    index = torch.cuda.device_count() - 1
+    T.train(small(tmp_path, steps=2, device=f"cuda:{index}"))
+    assert json.loads((tmp_path / "run" / "run.json").read_text())["device"] == f"cuda:{index}"
+    with pytest.raises(ValueError, match="sees"):
+        T.train(small(tmp_path / "x", steps=2, device=f"cuda:{torch.cuda.device_count()}"))
+
+
+def test_early_stop_rule():
+    tc = T.TrainConfig(eval_every=1, early_stop_patience=2, stop_at_accuracy=0.9)
+    assert T.early_stop(tc, []) is None
+    assert T.early_stop(tc, [(1, 0.5), (2, 0.6), (3, 0.6)]) is None  # one evaluation without a new best
+    assert T.early_stop(tc, [(1, 0.5), (2, 0.6), (3, 0.6), (4, 0.55)])[0] == "plateau"
+    assert T.early_stop(tc, [(1, 0.5), (2, 0.6), (3, 0.6), (4, 0.61)]) is None  # a new best resets it
+    assert T.early_stop(tc, [(1, 0.5), (2, 0.9)])[0] == "target"
+    assert T.early_stop(T.TrainConfig(eval_every=1), [(1, 1.0), (2, 1.0), (3, 1.0)]) is None  # off
+
+
+def test_early_stopping_off_is_the_old_run_bit_for_bit(tmp_path):
+    """Off: the config hash is the one of a config without the fields; a target that is never
+    reached changes nothing in the metrics (only the hash)."""
+    from attnlab.checkpoints import config_hash, run_identity
+
+    off = small(tmp_path / "a", steps=12, eval_every=3)
+    assert not {"early_stop_patience", "stop_at_accuracy"} & set(run_identity(off)["train"])
+    on = small(tmp_path / "b", steps=12, eval_every=3, early_stop_patience=100)
+    assert run_identity(on)["train"]["early_stop_patience"] == 100 and config_hash(on) != config_hash(off)
+    T.train(off)
+    T.train(on)
+    a, b = metric_lines(tmp_path / "a" / "run"), metric_lines(tmp_path / "b" / "run")
+    strip = [{k: v for k, v in m.items() if k != "tokens_per_s"} for m in a]
+    assert strip == [{k: v for k, v in m.items() if k != "tokens_per_s"} for m in b] and len(a) == 12
+    assert not any("stopped" in m for m in a + b)
+
+
+def test_run_that_reaches_the_target_stops_early_and_resume_does_not_train_on(tmp_path, capsys):
+    T.train(small(tmp_path / "ref", steps=30, eval_every=2, lr=3e-3))
+    ref = metric_lines(tmp_path / "ref" / "run")
+    evals = [(m["step"], m["eval_accuracy"]) for m in ref if "eval_accuracy" in m]
+    target = max(acc for _, acc in evals[:5])  # reached by the fifth evaluation at the latest
+    assert target > evals[0][1]  # so the stop is not at the first evaluation
+    want = next(step for step, acc in evals if acc >= target)
+    cfg = small(tmp_path / "es", steps=30, eval_every=2, lr=3e-3, stop_at_accuracy=target)
+    out = T.train(cfg)
+    run = tmp_path / "es" / "run"
+    lines = metric_lines(run)
+    assert out["stopped"] == "target" and out["step"] == want
+    assert lines[-1]["stopped"] == "target" and lines[-1]["step"] == want and lines[-1]["best_step"] == want
+    def strip(ms):
+        return [{k: v for k, v in m.items() if k != "tokens_per_s"} for m in ms]
+
+    assert strip(lines[:-1]) == strip(m for m in ref if m["step"] <= want)  # the same run up to the stop
+    from attnlab.checkpoints import find_checkpoint
+    assert find_checkpoint(run).name == f"step_{want:08d}"  # the checkpoint at the stop is the final one
+    assert "stopped early at step" in capsys.readouterr().err
+    before = (run / "metrics.jsonl").read_text()
+    again = T.train(small(tmp_path / "es", steps=60, eval_every=2, lr=3e-3, stop_at_accuracy=target), resume=True)
+    assert again["stopped"] == "target" and (run / "metrics.jsonl").read_text() == before
+    assert find_checkpoint(run).name == f"step_{want:08d}"
+    assert f"stopped early at step {want}" in capsys.readouterr().err
+
+
+def test_patience_stops_a_plateau_and_resume_keeps_counting(tmp_path):
+    """With a learning rate of ~0 the accuracy cannot change: patience 3 stops at the fourth evaluation."""
+    flat = dict(steps=40, eval_every=2, lr=1e-9, min_lr=0.0, early_stop_patience=3)
+    out = T.train(small(tmp_path / "a", **flat))
+    lines = metric_lines(tmp_path / "a" / "run")
+    assert out["stopped"] == "plateau" and lines[-1]["stopped"] == "plateau" and lines[-1]["step"] == 8
+    assert lines[-1]["best_step"] == 2 and "in 3 evaluations" in lines[-1]["stop_reason"]
+    # interrupted after the second evaluation, the resumed run stops at the same step
+    T.train(small(tmp_path / "b", **{**flat, "steps": 4}))
+    out = T.train(small(tmp_path / "b", **flat), resume=True)
+    assert out["stopped"] == "plateau" and metric_lines(tmp_path / "b" / "run")[-1]["step"] == 8

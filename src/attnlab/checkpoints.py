@@ -36,13 +36,17 @@ __all__ = ["RUN_LENGTH_FIELDS", "config_diff", "config_hash", "find_checkpoint",
 RUN_LENGTH_FIELDS = ("steps", "log_every", "eval_every", "eval_batches", "ckpt_every", "keep_checkpoints",
                      "device", "bf16", "compile", "progress", "tensorboard", "out_dir")
 RUN_FILES = ("run.json", "metrics.jsonl", "checkpoints")
+# train fields that define the run only when set: left out of the identity at these (off)
+# values, so runs that do not use them keep the hash they had before the fields existed
+OFF_BY_DEFAULT = {"early_stop_patience": 0, "stop_at_accuracy": None}
 
 
 def run_identity(config: Any) -> dict[str, Any]:
     """The parts of a run config (a ``RunConfig`` or its dict) that define the run: the model
     and data sections and the train fields outside :data:`RUN_LENGTH_FIELDS`."""
     d = config if isinstance(config, dict) else to_dict(config)
-    train = {k: v for k, v in d["train"].items() if k not in RUN_LENGTH_FIELDS}
+    train = {k: v for k, v in d["train"].items()
+             if k not in RUN_LENGTH_FIELDS and not (k in OFF_BY_DEFAULT and v == OFF_BY_DEFAULT[k])}
     return {"model": d["model"], "data": d["data"], "train": train}
 
 

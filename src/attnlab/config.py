@@ -33,7 +33,17 @@ __all__ = ["DataConfig", "ModelConfig", "RunConfig", "TrainConfig", "check_backe
 @dataclass
 class TrainConfig:
     """Optimization and bookkeeping. ``batch_size`` is global (split over data-parallel ranks);
-    ``*_every = 0`` turns that action off (a checkpoint is always written at the end)."""
+    ``*_every = 0`` turns that action off (a checkpoint is always written at the end).
+
+    Early stopping (both off by default; either needs ``eval_every > 0``; ``steps`` stays the
+    cap): ``stop_at_accuracy`` stops once a periodic evaluation's accuracy is ``>=`` it (a float
+    in (0, 1], or None); ``early_stop_patience = P > 0`` stops when P evaluations in a row have
+    not raised the best accuracy so far (a plateau). ``device``: ``auto``, ``cpu``, ``cuda`` or
+    ``cuda:N``.
+
+    >>> TrainConfig(steps=2000, eval_every=50, stop_at_accuracy=1.0, early_stop_patience=8).device
+    'auto'
+    """
 
     steps: int = 100
     batch_size: int = 16
@@ -50,6 +60,8 @@ class TrainConfig:
     ckpt_every: int = 0
     keep_checkpoints: int = 2
     seed: int = 0
+    early_stop_patience: int = 0
+    stop_at_accuracy: float | None = None
     device: str = "auto"
     bf16: bool = True
     compile: bool = False
@@ -62,18 +74,31 @@ class TrainConfig:
         for key in ("steps", "batch_size", "log_every", "eval_batches", "keep_checkpoints"):
             if getattr(self, key) < 1:
                 raise ValueError(f"{key} must be >= 1, got {getattr(self, key)}")
-        for key in ("warmup_steps", "eval_every", "ckpt_every", "seed", "grad_clip", "weight_decay", "min_lr"):
+        for key in ("warmup_steps", "eval_every", "ckpt_every", "seed", "grad_clip", "weight_decay", "min_lr",
+                    "early_stop_patience"):
             if getattr(self, key) < 0:
                 raise ValueError(f"{key} must be >= 0, got {getattr(self, key)}")
         if not self.lr > 0 or self.min_lr > self.lr:
             raise ValueError(f"lr must be > 0 and >= min_lr ({self.min_lr}), got {self.lr}")
-        if self.device not in ("auto", "cpu", "cuda"):
-            raise ValueError(f"device must be 'auto', 'cpu' or 'cuda', got {self.device!r}")
+        if self.stop_at_accuracy is not None and not 0 < self.stop_at_accuracy <= 1:
+            raise ValueError(f"stop_at_accuracy must be in (0, 1] or null (off), got {self.stop_at_accuracy}")
+        if (self.early_stop_patience or self.stop_at_accuracy is not None) and not self.eval_every:
+            raise ValueError("early stopping (early_stop_patience > 0 or stop_at_accuracy) needs the periodic "
+                             f"evaluation: eval_every must be > 0, got {self.eval_every}")
+        if not _valid_device(self.device):
+            raise ValueError(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N' (N >= 0), got {self.device!r}")
         if self.tensorboard:
             try:
                 import torch.utils.tensorboard  # noqa: F401
             except ImportError:
                 raise ValueError("tensorboard=true needs the tensorboard package") from None
+
+
+def _valid_device(device: str) -> bool:
+    if device in ("auto", "cpu", "cuda"):
+        return True
+    kind, _, index = device.partition(":")
+    return kind == "cuda" and index.isdigit() and index.isascii() and str(int(index)) == index
 
 
 @dataclass
@@ -118,10 +143,14 @@ def check_backend(model: ModelConfig) -> None:
 
 
 def check_device(device: str) -> None:
-    """Refuse ``train.device=cuda`` where torch sees no CUDA device."""
-    if device == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"train.device is 'cuda' but this torch ({torch.__version__}) sees no CUDA device "
+    """Refuse ``train.device=cuda`` (or ``cuda:N``) where torch sees no CUDA device, and a
+    ``cuda:N`` whose index is not one torch sees."""
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"train.device is {device!r} but this torch ({torch.__version__}) sees no CUDA device "
                          "(torch.cuda.is_available() is False); use train.device=cpu or auto")
+    if device.startswith("cuda:") and int(device.split(":")[1]) >= torch.cuda.device_count():
+        raise ValueError(f"train.device is {device!r} but torch sees {torch.cuda.device_count()} CUDA device(s) "
+                         f"(cuda:0..cuda:{torch.cuda.device_count() - 1})")
 
 
 def load_config(path: str | os.PathLike | None, overrides: Sequence[str] = ()) -> RunConfig:

@@ -103,8 +103,14 @@ def prepare_run(cfg: RunConfig, resume: bool, overwrite: bool, source: BatchSour
     check_device(cfg.train.device)
     source = make_source(cfg.data, cfg.model) if source is None else source
     cfg = dataclasses.replace(cfg, model=fit_model_config(cfg.model, source))  # caller's cfg untouched
-    want_cuda = cfg.train.device == "cuda" or (cfg.train.device == "auto" and torch.cuda.is_available())
-    device = torch.device(f"cuda:{os.environ.get('LOCAL_RANK', '0')}" if want_cuda else "cpu")
+    if cfg.train.device.startswith("cuda:"):  # an explicit index: one process on that device
+        if world > 1:
+            raise ValueError(f"train.device {cfg.train.device!r} names one GPU but {world} processes run; "
+                             "use train.device=cuda (each rank takes cuda:LOCAL_RANK)")
+        device = torch.device(cfg.train.device)
+    else:
+        want_cuda = cfg.train.device == "cuda" or (cfg.train.device == "auto" and torch.cuda.is_available())
+        device = torch.device(f"cuda:{os.environ.get('LOCAL_RANK', '0')}" if want_cuda else "cpu")
     run_dir = Path(cfg.train.out_dir)
     if resume:
         ckpt = find_checkpoint(run_dir)

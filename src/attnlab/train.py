@@ -25,6 +25,12 @@ Run folders (``train.out_dir``): nothing lost, nothing stale.
   schedule (the rate stays at ``min_lr`` past its end) instead of restarting it; for a cosine
   over the longer run, start a new run. ``--resume`` with ``train.steps`` at or below the
   checkpoint's step does nothing and says so.
+- Early stopping (``train.stop_at_accuracy``, ``train.early_stop_patience``; off by default,
+  ``train.steps`` stays the cap): after a periodic evaluation that meets the target accuracy,
+  or after ``patience`` evaluations without a new best accuracy, the loop writes the step's
+  checkpoint (the run's final one) and a ``metrics.jsonl`` line ``{"step", "stopped": "target" |
+  "plateau", "stop_reason", "best_eval_accuracy", "best_step"}`` and ends. ``--resume`` of a run
+  that stopped says so and trains no further. Both settings are part of the config hash when on.
 - SIGINT (Ctrl-C) or SIGTERM: the current step finishes, a checkpoint is written and
   :class:`TrainingInterrupted` is raised; ``attnlab train`` prints one line and exits 130 / 143.
 """
@@ -66,8 +72,8 @@ from .run_plan import StopOnSignal, TrainingInterrupted, prepare_run, run_info
 
 __all__ = [
     "BatchSource", "CorpusSource", "DataConfig", "RunConfig", "TaskSource", "TrainConfig",
-    "TrainingInterrupted", "available_sources", "evaluate", "fit_model_config", "load_config", "lr_at",
-    "main", "make_source", "register_source", "train",
+    "TrainingInterrupted", "available_sources", "early_stop", "evaluate", "fit_model_config", "load_config",
+    "lr_at", "main", "make_source", "register_source", "train",
 ]
 
 
@@ -79,6 +85,47 @@ def lr_at(step: int, cfg: TrainConfig, schedule_steps: int | None = None) -> flo
     span = max(1, (cfg.steps if schedule_steps is None else schedule_steps) - cfg.warmup_steps)
     progress = min(1.0, (step - cfg.warmup_steps) / span)
     return cfg.min_lr + 0.5 * (cfg.lr - cfg.min_lr) * (1 + math.cos(math.pi * progress))
+
+
+def early_stop(tc: TrainConfig, evals: Sequence[tuple[int, float]]) -> tuple[str, str] | None:
+    """Whether to stop after the latest of ``evals`` (``(step, eval_accuracy)`` in order):
+    ``("target", why)``, ``("plateau", why)`` or None (also when early stopping is off).
+
+    >>> tc = TrainConfig(eval_every=10, early_stop_patience=2)
+    >>> early_stop(tc, [(10, 0.5), (20, 0.7), (30, 0.7)]) is None
+    True
+    >>> early_stop(tc, [(10, 0.5), (20, 0.7), (30, 0.7), (40, 0.6)])[0]
+    'plateau'
+    """
+    if not evals:
+        return None
+    step, acc = evals[-1]
+    if tc.stop_at_accuracy is not None and acc >= tc.stop_at_accuracy:
+        return "target", f"eval_accuracy {acc:.4f} >= stop_at_accuracy {tc.stop_at_accuracy} at step {step}"
+    if tc.early_stop_patience:
+        best = max(range(len(evals)), key=lambda i: (evals[i][1], -i))  # the first best
+        since = len(evals) - 1 - best
+        if since >= tc.early_stop_patience:
+            return "plateau", (f"no better eval_accuracy than {evals[best][1]:.4f} (step {evals[best][0]}) in "
+                               f"{since} evaluations (early_stop_patience {tc.early_stop_patience}) at step {step}")
+    return None
+
+
+def _stop_line(evals: Sequence[tuple[int, float]], stop: tuple[str, str]) -> dict[str, Any]:
+    best = max(range(len(evals)), key=lambda i: (evals[i][1], -i))
+    return {"step": evals[-1][0], "stopped": stop[0], "stop_reason": stop[1],
+            "best_eval_accuracy": evals[best][1], "best_step": evals[best][0]}
+
+
+def _history(metrics_path: Path, start: int) -> tuple[list[tuple[int, float]], dict[str, Any] | None, dict]:
+    """From the metrics of a resumed run: its evaluations up to ``start``, the early-stop line at
+    ``start`` (None: it did not stop there) and the last logged line before it."""
+    lines = [json.loads(ln) for ln in metrics_path.read_text().splitlines()] if metrics_path.exists() else []
+    lines = [m for m in lines if m["step"] <= start]
+    evals = [(m["step"], m["eval_accuracy"]) for m in lines if "eval_accuracy" in m]
+    stopped = next((m for m in lines if "stopped" in m and m["step"] == start), None)
+    logged = [m for m in lines if "stopped" not in m]
+    return evals, stopped, logged[-1] if logged else {}
 
 
 # --- the loop --------------------------------------------------------------------------------
@@ -133,6 +180,12 @@ def train(cfg: RunConfig, *, resume: bool = False, overwrite: bool = False,
     world, rank = int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("RANK", "0"))
     cfg, source, device, tc = plan.cfg, plan.source, plan.device, plan.cfg.train
     run_dir, main_rank, metrics_path = Path(tc.out_dir), rank == 0, Path(tc.out_dir) / "metrics.jsonl"
+    evals, stopped, last_logged = _history(metrics_path, plan.start) if plan.start else ([], None, {})
+    if stopped is not None:
+        if main_rank:
+            print(f"attnlab train: the run in {tc.out_dir} stopped early at step {plan.start} ({stopped['stopped']}: "
+                  f"{stopped['stop_reason']}); nothing to do (start a new run to train further)", file=sys.stderr)
+        return {**last_logged, "stopped": stopped["stopped"], "stop_reason": stopped["stop_reason"]}
     if plan.start >= tc.steps:
         if main_rank:
             print(f"attnlab train: {plan.done_message()}", file=sys.stderr)
@@ -178,6 +231,7 @@ def train(cfg: RunConfig, *, resume: bool = False, overwrite: bool = False,
 
     bar = tqdm(total=tc.steps, initial=start, disable=not (main_rank and tc.progress), dynamic_ncols=True)
     per_rank, last, t0, tokens = tc.batch_size // world, {}, time.perf_counter(), 0
+    halt: tuple[str, str] | None = None
     with StopOnSignal() as stop, contextlib.ExitStack() as cleanup:
         cleanup.callback(bar.close)
         if writer is not None:
@@ -211,10 +265,19 @@ def train(cfg: RunConfig, *, resume: bool = False, overwrite: bool = False,
                 if tc.eval_every and (done % tc.eval_every == 0 or done == tc.steps):
                     model.eval()
                     last.update(evaluate(raw, source, cfg, device))
+                    evals.append((done, last["eval_accuracy"]))
+                    halt = early_stop(tc, evals)
+                    if world > 1:  # every rank stops after the same step
+                        flag = torch.tensor([int(halt is not None)], device=device)
+                        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+                        if int(flag) and halt is None:
+                            halt = ("target", f"another rank stopped at step {done}")
                 t0, tokens = time.perf_counter(), 0
                 if main_rank:
                     with metrics_path.open("a") as f:
                         f.write(json.dumps(last) + "\n")
+                        if halt is not None:
+                            f.write(json.dumps(_stop_line(evals, halt)) + "\n")
                     if writer is not None:
                         for k, v in last.items():
                             writer.add_scalar(k, v, done)
@@ -225,11 +288,15 @@ def train(cfg: RunConfig, *, resume: bool = False, overwrite: bool = False,
                 flag = torch.tensor([signum], device=device)
                 dist.all_reduce(flag, op=dist.ReduceOp.MAX)
                 signum = int(flag)
-            if (tc.ckpt_every and done % tc.ckpt_every == 0) or done == tc.steps or signum:
+            if (tc.ckpt_every and done % tc.ckpt_every == 0) or done == tc.steps or signum or halt is not None:
                 if main_rank:
                     save_checkpoint(run_dir, done, raw, opt, gen, cfg, tc.keep_checkpoints, plan.schedule_steps)
                 if world > 1:
                     dist.barrier()
+            if halt is not None:
+                if main_rank:
+                    print(f"attnlab train: stopped early at step {done} ({halt[0]}: {halt[1]})", file=sys.stderr)
+                return {**last, "stopped": halt[0], "stop_reason": halt[1]}
             if signum and done < tc.steps:
                 raise TrainingInterrupted(signum, done, run_dir / "checkpoints" / f"step_{done:08d}")
     return last
