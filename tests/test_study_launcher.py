@@ -38,7 +38,14 @@ def toy_run_cell(p: ToyPreset, cell: Cell, ctx) -> dict:
         raise RuntimeError("boom")
     if cell.stage == 1:
         return {"sum": sum(ctx.results[f"c/{i}"]["sq"] for i in range(p.n))}
-    return {"sq": cell.config["i"] ** 2, "device": ctx.device, "threads": torch.get_num_threads()}
+    current = torch.cuda.current_device() if ctx.device.startswith("cuda") and torch.cuda.is_available() else None
+    return {"sq": cell.config["i"] ** 2, "device": ctx.device, "threads": torch.get_num_threads(),
+            "current": current}
+
+
+def fake_select(device: str) -> None:
+    """Stands in for torch.cuda.set_device where there is no GPU: records (pid, device) per call."""
+    (Path(os.environ["TOY_SELECTED"]) / f"{os.getpid()}.{device}.{uuid.uuid4().hex}").touch()
 
 
 def toy_report(p, run_dir, results, summary, info) -> None:
@@ -126,7 +133,9 @@ def test_every_yaml_preset_builds_and_names_are_checked(tmp_path):
 
 @pytest.mark.parametrize("device, message", [
     ("gpu", "device must be 'cpu', 'cuda' or 'cuda:N'"), ("cpu:0", "device must be"), ("cuda:x", "device must be"),
-] + ([] if torch.cuda.is_available() else [("cuda", "sees no CUDA device"), ("cuda:0", "sees no CUDA device")]))
+    ("cuda:0,cpu", "a list must name GPUs as cuda:N"),
+] + ([] if torch.cuda.is_available() else [("cuda", "sees no CUDA device"), ("cuda:0", "sees no CUDA device"),
+                                           ("cuda:all", "sees no CUDA device")]))
 def test_bad_devices_are_usage_errors_before_any_work(device, message, tmp_path, capsys):
     assert launcher.main("ladder", ["--preset", "tiny", "--out", str(tmp_path), "--device", device]) == 2
     err = capsys.readouterr().err
@@ -148,9 +157,11 @@ def test_no_study_hard_codes_the_cpu(path):
 def test_the_device_reaches_training_and_every_evaluated_tensor(tmp_path, monkeypatch):
     from attnlab.studies import ladder, ladder_train, va_eval, value_aware
 
+    # 'cuda:N' reaches TrainConfig whole, or as 'cuda' with GPU N made current by the launcher
     assert ladder_train._run_config(ladder.get_preset("tiny"), "recall", 1, "softmax", 0, tmp_path, "cuda:1")[0] \
-        .train.device == "cuda"
-    assert va_eval.run_config(value_aware.PRESETS["tiny"], "causal", "relu", tmp_path, 0, "cuda").train.device == "cuda"
+        .train.device in ("cuda:1", "cuda")
+    assert va_eval.run_config(value_aware.PRESETS["tiny"], "causal", "relu", tmp_path, 0, "cuda:1").train.device \
+        in ("cuda:1", "cuda")
     # evaluation: the model and every input it sees are on the requested device
     from attnlab.models import build_model
 
@@ -170,6 +181,18 @@ def test_the_device_reaches_training_and_every_evaluated_tensor(tmp_path, monkey
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_pool_workers_run_on_every_visible_gpu(tmp_path):
+    path = launcher.run_study("toy", ToyPreset(), out=tmp_path, device="cuda:all", jobs=2 * torch.cuda.device_count(),
+                              progress=False)
+    (session,) = json.loads((path / "run.json").read_text())["sessions"]
+    run = RunDir.open(path)
+    for i in range(6):
+        device = session["cell_devices"][f"c/{i}"]
+        assert run.cell(f"c/{i}")["device"] == device and run.cell(f"c/{i}")["current"] == int(device.split(":")[1])
+    assert _runs(path) == {**{f"c~{i}": 1 for i in range(6)}, "total": 1}
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_both_studies_run_a_cell_on_cuda(tmp_path):
     from attnlab.studies import ladder
 
@@ -179,3 +202,98 @@ def test_both_studies_run_a_cell_on_cuda(tmp_path):
     path = launcher.run_study("value-aware", "tiny", out=tmp_path / "va", device="cuda", progress=False)
     assert json.loads((path / "run.json").read_text())["sessions"][0]["device"] == "cuda"
     assert "Claim 1" in (path / "report.md").read_text()
+
+
+@pytest.fixture
+def two_fake_gpus(monkeypatch, tmp_path):
+    """torch sees two CUDA devices in this process; workers 'select' theirs through fake_select."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda index=None: "fake GPU")  # run.json's hardware
+    monkeypatch.setattr(launcher, "_select_device", fake_select)
+    selected = tmp_path / "selected"
+    selected.mkdir()
+    monkeypatch.setenv("TOY_SELECTED", str(selected))
+    return selected
+
+
+def test_several_gpus_are_parsed_and_checked_before_any_work(two_fake_gpus, tmp_path, capsys):
+    assert launcher.check_devices("cuda:all") == ["cuda:0", "cuda:1"]
+    assert launcher.check_devices("cuda:1, cuda:0") == ["cuda:1", "cuda:0"]
+    assert launcher.check_devices("cuda:1") == ["cuda:1"] and launcher.check_devices("cpu") == ["cpu"]
+    with pytest.raises(ValueError, match="must not repeat a GPU"):
+        launcher.check_devices("cuda:0,cuda:0")
+    with pytest.raises(TypeError, match="device must be a str"):
+        launcher.check_devices(0)
+    out = tmp_path / "out"
+    for argv, message in ((["--device", "cuda:0,cuda:2"], "'cuda:2': only 2 CUDA device(s) are visible"),
+                          (["--device", "cuda:all", "--jobs", "1"], "jobs must be at least the number of devices (2")):
+        assert launcher.main("ladder", ["--preset", "tiny", "--out", str(out), *argv]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("attnlab study ladder: error:") and message in err and len(err.strip().splitlines()) == 1
+        assert not out.exists()  # validated before the run folder exists
+    assert not list(two_fake_gpus.iterdir())  # and before any device was selected
+
+
+def test_pool_workers_are_spread_over_the_gpus_and_each_cell_runs_once(two_fake_gpus, tmp_path):
+    path = launcher.run_study("toy", ToyPreset(), out=tmp_path / "out", device="cuda:all", jobs=4, progress=False)
+    assert _runs(path) == {**{f"c~{i}": 1 for i in range(6)}, "total": 1}  # every cell once
+    (session,) = json.loads((path / "run.json").read_text())["sessions"]
+    assert session["device"] == "cuda:all" and session["devices"] == ["cuda:0", "cuda:1"] and session["jobs"] == 4
+    selected = {}  # pid -> devices that process selected
+    for m in two_fake_gpus.iterdir():
+        pid, device, _ = m.name.split(".")
+        selected.setdefault(pid, []).append(device)
+    workers = {pid: d for pid, d in selected.items() if pid != str(os.getpid())}
+    assert len(workers) >= 2 and all(len(d) == 1 for d in workers.values())  # a worker selects its device once
+    round_robin = ["cuda:0", "cuda:1", "cuda:0", "cuda:1"]
+    assert sorted(d[0] for d in workers.values()) == sorted(round_robin[:len(workers)])
+    run = RunDir.open(path)
+    assert set(session["cell_devices"]) == {f"c/{i}" for i in range(6)} | {"total"}
+    for m in (path / "ran").iterdir():
+        key, pid = m.name.split(".")[:2]
+        key = key.replace("~", "/")
+        if key == "total":  # one cell left: it runs in the launcher's process, on the first device
+            assert session["cell_devices"][key] == "cuda:0" and selected[str(os.getpid())] == ["cuda:0"]
+            continue
+        # the cell saw its worker's device, and run.json records it
+        assert run.cell(key)["device"] == session["cell_devices"][key] == workers[pid][0]
+
+
+def test_the_device_reaches_every_train_and_eval_call(tmp_path, monkeypatch):
+    """Issue 13: a behavioural check (no GPU needed): each study's run_cell hands ctx.device to
+    training and to evaluation, which are spied on instead of run."""
+    import attnlab.checkpoints
+    import attnlab.train
+    from attnlab.studies import ladder, ladder_train, value_aware
+    from attnlab.studies.base import CellContext
+
+    trained, evaluated, moved = [], [], []
+
+    def spy_train(cfg, **kwargs):
+        trained.append(cfg.train.device)
+        out = Path(cfg.train.out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "metrics.jsonl").write_text(json.dumps({"step": 1, "loss": 1.0, "eval_accuracy": 0.5}) + "\n")
+        return {"loss": 1.0}
+
+    monkeypatch.setattr(attnlab.train, "train", spy_train)
+    monkeypatch.setattr(value_aware, "source_for", lambda *a: None)
+    monkeypatch.setattr(value_aware, "load_trained_model", lambda path: (torch.nn.Linear(1, 1), None))
+    monkeypatch.setattr(value_aware, "evaluate_tokens", lambda model, cfg, p, m, r, device: evaluated.append(device)
+                        or {})
+    monkeypatch.setattr(attnlab.checkpoints, "load_trained_model", lambda path: (torch.nn.Linear(1, 1), None))
+    monkeypatch.setattr(torch.nn.Module, "to", lambda self, *a, **k: moved.append(str(a[0])) or self)
+    monkeypatch.setattr(ladder_train, "_final_accuracy", lambda model, *a: 0.5)
+    ctx = CellContext(tmp_path, "cuda:1")
+    va = value_aware.PRESETS["tiny"]
+    va_cells = value_aware.cells(va)
+    for cell in [c for c in va_cells if c.key.startswith("train/")][:1] + \
+            [c for c in va_cells if c.key.startswith("eval/") and c.config["method"] == "exact"][:1]:
+        value_aware.run_cell(va, cell, ctx)
+    lad = ladder.get_preset("tiny")
+    ladder.run_cell(lad, ladder.cells(lad)[0], ctx)
+    # training: 'cuda:1', or 'cuda' with GPU 1 made current by the launcher (TrainConfig without an index)
+    assert len(trained) == 2 and set(trained) <= {"cuda:1", "cuda"} and all(d.startswith("cuda") for d in trained)
+    assert evaluated == ["cuda:1"]  # value-aware evaluation
+    assert moved == ["cuda:1"]  # the ladder's final evaluation moves its model to the device

@@ -9,7 +9,12 @@ one entry per session with its device, jobs and cells run), resume and the proce
 - ``--jobs N`` runs the cells of a stage in N spawned worker processes; each cell is submitted
   once, results are written by this process only, and a lock on the run folder keeps a second
   launcher from working on it at the same time, so no cell ever runs twice;
-- ``--device`` (cpu, cuda, cuda:N) is passed to every cell; it may change between sessions.
+- ``--device`` (cpu, cuda, cuda:N) is passed to every cell; it may change between sessions;
+- several GPUs: ``--device cuda:all`` (every visible GPU) or a list ``--device cuda:0,cuda:2``
+  gives worker process i the device ``devices[i % len(devices)]`` (``--jobs`` defaults to one
+  worker per device; a larger ``--jobs`` puts several workers on a GPU). Each cell still runs
+  once, in whichever worker is free; the device each cell ran on is recorded in run.json
+  (``sessions[-1]["cell_devices"]``).
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ from typing import Any
 from .base import EXECUTION_ONLY, Cell, CellContext, Study, get_study, load_preset, preset_from
 from .report import RunDir
 
-__all__ = ["check_device", "main", "run_study"]
+__all__ = ["check_device", "check_devices", "main", "run_study"]
 
 
 def check_device(device: str) -> str:
@@ -39,12 +44,39 @@ def check_device(device: str) -> str:
 
     kind, _, index = str(device).partition(":")
     if kind not in ("cpu", "cuda") or (index and (kind == "cpu" or not index.isdigit())):
-        raise ValueError(f"device must be 'cpu', 'cuda' or 'cuda:N', got {device!r}")
+        raise ValueError(f"device must be 'cpu', 'cuda' or 'cuda:N' (several GPUs: 'cuda:all' or "
+                         f"'cuda:0,cuda:1'), got {device!r}")
     if kind == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device is {device!r} but this torch ({torch.__version__}) sees no CUDA device")
     if index and int(index) >= torch.cuda.device_count():
         raise ValueError(f"device {device!r}: only {torch.cuda.device_count()} CUDA device(s) are visible")
     return device
+
+
+def check_devices(device: str) -> list[str]:
+    """The devices of ``--device``: one device (:func:`check_device`), ``cuda:all`` (every visible
+    GPU, ``cuda:0, cuda:1, ...``) or a comma-separated list of distinct ``cuda:N``.
+
+    Raises:
+        ValueError: an invalid device, CUDA that this torch cannot see, a GPU index that is not
+            visible, a list with a repeated device or with anything but ``cuda:N``.
+    """
+    import torch
+
+    if not isinstance(device, str):
+        raise TypeError(f"device must be a str, got {type(device).__name__}")
+    if device == "cuda:all":
+        check_device("cuda")
+        return [f"cuda:{i}" for i in range(torch.cuda.device_count())]
+    if "," not in device:
+        return [check_device(device)]
+    names = [d.strip() for d in device.split(",")]
+    if any(not d.startswith("cuda:") or d == "cuda:all" for d in names):
+        raise ValueError(f"device: a list must name GPUs as cuda:N (e.g. cuda:0,cuda:1), got {device!r}")
+    if len(set(names)) != len(names):
+        raise ValueError(f"device: a list must not repeat a GPU (use --jobs for several workers per GPU), "
+                         f"got {device!r}")
+    return [check_device(d) for d in names]
 
 
 class _Lock:
@@ -66,14 +98,38 @@ class _Lock:
         self.file.close()
 
 
-def _work(run_cell: Any, preset: Any, cell: Cell, ctx: CellContext, threads: int) -> Any:
-    """Worker entry: a thread count and the cell's device, then the study's ``run_cell``."""
+def _select_device(device: str) -> None:
+    """Make ``device`` current in this process (``cuda:N``: ``torch.cuda.set_device(N)``), so
+    that code given plain ``cuda`` uses GPU N too."""
+    import torch
+
+    if device.startswith("cuda:"):
+        torch.cuda.set_device(int(device.split(":")[1]))
+
+
+#: this worker process's device, set once by :func:`_init_worker` (None in the launcher's process).
+_WORKER_DEVICE: str | None = None
+
+
+def _init_worker(assignments: Any, select: Any) -> None:
+    """Pool initializer: take the next device of the round robin (worker i gets
+    ``devices[i % len(devices)]``) and make it current for every cell this worker runs."""
+    global _WORKER_DEVICE
+    _WORKER_DEVICE = assignments.get()
+    select(_WORKER_DEVICE)
+
+
+def _work(run_cell: Any, preset: Any, cell: Cell, ctx: CellContext, threads: int) -> tuple[str, Any]:
+    """Worker entry: a thread count and the cell's device (this worker's, in a pool), then the
+    study's ``run_cell``; returns the device the cell ran on and its result."""
     import torch
 
     torch.set_num_threads(threads)
-    if ctx.device.startswith("cuda:"):
-        torch.cuda.set_device(int(ctx.device.split(":")[1]))
-    return run_cell(preset, cell, ctx)
+    if _WORKER_DEVICE is not None:
+        ctx = dataclasses.replace(ctx, device=_WORKER_DEVICE)
+    else:
+        _select_device(ctx.device)
+    return ctx.device, run_cell(preset, cell, ctx)
 
 
 def _open(study: Study, preset: Any, out: Any, resume: Any, overrides: Mapping[str, Any]) -> tuple[Any, RunDir, str]:
@@ -109,8 +165,10 @@ def run_study(name: str, preset: Any = "quick", *, out: str | os.PathLike[str] =
         preset: a preset name (``configs/studies/<name>/<preset>.yaml``), a YAML path, or a preset object.
         out: where the run folder is created (not used when resuming).
         resume: an earlier run folder of this study: its preset is reused, finished cells kept.
-        device: ``cpu``, ``cuda`` or ``cuda:N``.
-        jobs: worker processes (default: the preset's ``jobs``, else 1; 1 runs in this process).
+        device: ``cpu``, ``cuda``, ``cuda:N``, or several GPUs: ``cuda:all`` or ``cuda:0,cuda:1,...``
+            (worker i runs its cells on device i modulo their number).
+        jobs: worker processes (default: the preset's ``jobs``, else 1, but at least one per device
+            of a list; 1 runs in this process).
         overrides: preset fields to replace; when resuming only ``jobs`` and ``threads``.
 
     Raises:
@@ -120,14 +178,20 @@ def run_study(name: str, preset: Any = "quick", *, out: str | os.PathLike[str] =
     import torch
 
     study = get_study(name)
-    device = check_device(device)
+    devices = check_devices(device)
+    if jobs is not None and (not isinstance(jobs, int) or isinstance(jobs, bool) or jobs < 1):
+        raise ValueError(f"jobs must be an int >= 1, got {jobs!r}")
+    if jobs is not None and jobs < len(devices):
+        raise ValueError(f"jobs must be at least the number of devices ({len(devices)}: {','.join(devices)}), "
+                         f"got {jobs}")
     p, run_dir, preset_name = _open(study, preset, out, resume, dict(overrides or {}))
-    jobs = jobs if jobs is not None else getattr(p, "jobs", 1)
+    jobs = jobs if jobs is not None else max(getattr(p, "jobs", 1), len(devices))
     if not isinstance(jobs, int) or isinstance(jobs, bool) or jobs < 1:
         raise ValueError(f"jobs must be an int >= 1, got {jobs!r}")
     own = getattr(p, "threads", None)  # the preset's threads per cell, else the CPUs split over the jobs
     threads = own or max(1, torch.get_num_threads() // jobs)
     lock, start, saved_before = _Lock(run_dir.path), time.perf_counter(), len(run_dir.saved())
+    cell_devices: dict[str, str] = {}
     try:
         cells = study.cells(p)
         keys = [c.key for c in cells]
@@ -143,31 +207,37 @@ def run_study(name: str, preset: Any = "quick", *, out: str | os.PathLike[str] =
                     todo.append(c)
                 else:
                     results[c.key] = saved
-            ctx = CellContext(run_dir.path, device, dict(results))
-            _run_stage(study, p, todo, ctx, run_dir, results, jobs, threads, progress, own is not None)
+            ctx = CellContext(run_dir.path, devices[0], dict(results))
+            _run_stage(study, p, todo, ctx, run_dir, results, jobs, threads, progress, own is not None, devices,
+                       cell_devices)
         summary = study.summarize(p, results)
         seconds = time.perf_counter() - start
         study.report(p, run_dir, results, summary, {"preset": preset_name, "seconds": seconds, "device": device})
     finally:
         sessions = run_dir.info.get("sessions", [])
-        sessions.append({"started": time.strftime("%Y-%m-%d %H:%M:%S"), "device": device, "jobs": jobs,
-                         "threads": threads, "cells_run": len(run_dir.saved()) - saved_before,
-                         "seconds": round(time.perf_counter() - start, 1), "argv": sys.argv})
+        sessions.append({"started": time.strftime("%Y-%m-%d %H:%M:%S"), "device": device, "devices": devices,
+                         "jobs": jobs, "threads": threads, "cells_run": len(run_dir.saved()) - saved_before,
+                         "cell_devices": cell_devices, "seconds": round(time.perf_counter() - start, 1),
+                         "argv": sys.argv})
         run_dir.update_info(sessions=sessions)
         lock.release()
     return run_dir.path
 
 
 def _run_stage(study: Study, preset: Any, todo: list[Cell], ctx: CellContext, run_dir: RunDir,
-               results: dict[str, Any], jobs: int, threads: int, progress: bool, own: bool) -> None:
-    """Run ``todo`` (in-process or in a pool), saving each result as it finishes."""
+               results: dict[str, Any], jobs: int, threads: int, progress: bool, own: bool,
+               devices: list[str], cell_devices: dict[str, str]) -> None:
+    """Run ``todo`` (in-process on ``ctx.device``, or in a pool whose worker i runs on
+    ``devices[i % len(devices)]``), saving each result, and its device, as it finishes."""
     import torch
     from tqdm import tqdm
 
     bar = tqdm(total=len(todo), desc=f"{study.name} cells", dynamic_ncols=True, disable=not progress or not todo)
 
-    def record(cell: Cell, result: Any) -> None:
+    def record(cell: Cell, ran: tuple[str, Any]) -> None:
+        device, result = ran
         run_dir.save_cell(cell.key, result, cell.hash)
+        cell_devices[cell.key] = device
         results[cell.key] = result
         bar.set_postfix_str(cell.key)
         bar.update(1)
@@ -181,13 +251,19 @@ def _run_stage(study: Study, preset: Any, todo: list[Cell], ctx: CellContext, ru
             finally:
                 torch.set_num_threads(before)
         elif todo:
-            pool = ProcessPoolExecutor(min(jobs, len(todo)), mp_context=torch.multiprocessing.get_context("spawn"))
+            context, workers = torch.multiprocessing.get_context("spawn"), min(jobs, len(todo))
+            assignments = context.Queue()
+            for i in range(workers):
+                assignments.put(devices[i % len(devices)])
+            pool = ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker,
+                                       initargs=(assignments, _select_device))
             try:
                 futures = {pool.submit(_work, study.run_cell, preset, c, ctx, threads): c for c in todo}
                 for future in as_completed(futures):
                     record(futures[future], future.result())
             finally:  # on an interruption, drop the queued cells instead of running them first
                 pool.shutdown(wait=True, cancel_futures=True)
+                assignments.close()
     finally:
         bar.close()
 
@@ -201,8 +277,10 @@ def _parser(study: Study) -> Any:
                     help=f"one of {preset_names(study.name)} (configs/studies/{study.name}/) or a YAML file")
     ap.add_argument("--out", default="reports", help="folder for the run folder")
     ap.add_argument("--resume", default=None, help="an earlier run folder to finish (finished cells are kept)")
-    ap.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
-    ap.add_argument("--jobs", type=int, default=None, help="cells run in parallel processes (default: the preset's)")
+    ap.add_argument("--device", default="cpu",
+                    help="cpu, cuda, cuda:N, or several GPUs: cuda:all or cuda:0,cuda:1 (worker i on GPU i mod n)")
+    ap.add_argument("--jobs", type=int, default=None,
+                    help="cells run in parallel processes (default: the preset's, at least one per device)")
     if study.options is not None:
         study.options(ap)
     return ap
