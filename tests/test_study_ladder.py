@@ -42,6 +42,7 @@ def test_tiny_end_to_end(tmp_path):
     assert len(curves) == n_cells * (p.steps // p.eval_every)
     for r in results:
         assert 0.0 <= float(r["final_accuracy"]) <= 1.0
+        assert r["stopped"] in ("cap", "target", "plateau") and 0 < int(r["steps_trained"]) <= p.steps
         # steps_to_100 is the first periodic evaluation at 100%, or empty
         mine = [c for c in curves if (c["task"], c["kernel"], c["seed"]) == (r["task"], r["kernel"], r["seed"])]
         first = next((int(c["step"]) for c in mine if float(c["val_accuracy"]) >= 1.0), None)
@@ -53,6 +54,9 @@ def test_tiny_end_to_end(tmp_path):
     assert not list(path.glob("cells/*/checkpoints/step_*/state.pt"))
     report = (path / "report.md").read_text()
     assert "## Claims" in report and "![accuracy vs complexity, mixture](accuracy_mixture.png)" in report
+    assert "## Steps to solve, EA vs DPA paired by seed" in report and "median_steps_to_solve" in report
+    assert "`recall` (associative recall) is attnlab's own task, not in the paper" in report
+    assert len(_rows(path / "steps_to_solve.csv")) == sum(len(lv) for lv in p.levels.values())
     for task in p.levels:
         assert f"**{task}**" in report
     claims = report.split("## Claims", 1)[1].split("\n## ", 1)[0]  # the smoke preset states no verdict
@@ -132,9 +136,11 @@ def test_workers_match_in_process(tmp_path):
         {k: v for k, v in r.items() if k not in drop} for r in sorted(parallel, key=key)]
 
 
-def _fake(task, level, kernel, seed, acc):
+def _fake(task, level, kernel, seed, acc, steps_to_solve=None):
     return {"task": task, "level": level, "kernel": kernel, "seed": seed, "final_accuracy": acc,
-            "steps_to_100": 100 if acc >= 1.0 else None}
+            "steps_to_100": 100 if acc >= 1.0 else None,
+            "steps_to_solve": steps_to_solve if steps_to_solve is not None else (100 if acc >= 1.0 else None),
+            "steps_trained": 300, "stopped": "target" if acc >= 1.0 else "plateau"}
 
 
 def test_claims_verdicts():
@@ -225,3 +231,84 @@ def test_main_reports_bad_options(tmp_path, capsys):
     assert ladder.main(["--resume", str(tmp_path)]) == 2
     assert "resume path must be a study run folder" in capsys.readouterr().err
     assert list(tmp_path.iterdir()) == []  # nothing started
+
+
+# --- early stopping, steps to solve, the paper's tasks first ----------------------------------
+
+
+def test_cell_without_early_stopping_trains_to_the_cap(tmp_path):
+    r = ladder.train_cell(_small(solved_threshold=0.3), "recurrence", 1, "expressive", 0, tmp_path)
+    assert r["stopped"] == "cap" and r["steps_trained"] == r["steps"] == 12
+    assert r["steps_to_solve"] == next((s for s, _, acc in r["curve"] if acc >= 0.3), None)
+
+
+def test_cell_stops_when_solved_and_a_rerun_trains_nothing(tmp_path, monkeypatch):
+    p = _small(steps=40, stop_at_accuracy=1e-6, solved_threshold=1e-6)  # any correct prediction solves it
+    r = ladder.train_cell(p, "recurrence", 1, "softmax", 0, tmp_path)
+    assert r["curve"][0][2] > 0  # so the first evaluation (step 4) meets the target
+    assert r["stopped"] == "target" and r["steps_trained"] == 4 and r["steps_to_solve"] == 4
+    assert [c[0] for c in r["curve"]] == [4] and r["steps"] == 40
+    steps = []
+    real_lr = attnlab.train.lr_at
+    monkeypatch.setattr(attnlab.train, "lr_at", lambda step, cfg, *a: steps.append(step) or real_lr(step, cfg, *a))
+    again = ladder.train_cell(p, "recurrence", 1, "softmax", 0, tmp_path)
+    assert steps == [] and again["stopped"] == "target" and again["curve"] == r["curve"]
+    assert again["final_accuracy"] == r["final_accuracy"]
+
+
+def test_cell_stops_at_a_plateau(tmp_path):
+    """A learning rate of ~0 leaves the accuracy flat: patience 2 stops at the third evaluation."""
+    p = _small(steps=40, lr=1e-9, min_lr=0.0, early_stop_patience=2)
+    r = ladder.train_cell(p, "recurrence", 2, "expressive", 0, tmp_path)
+    assert r["stopped"] == "plateau" and r["steps_trained"] == 12 and [c[0] for c in r["curve"]] == [4, 8, 12]
+
+
+def test_device_string_goes_through_whole(tmp_path):
+    from attnlab.studies.ladder_train import _run_config
+
+    cfg, _ = _run_config(_small(stop_at_accuracy=0.9, early_stop_patience=3), "recurrence", 1, "softmax", 0,
+                         tmp_path, device="cuda:1")
+    assert cfg.train.device == "cuda:1"
+    assert (cfg.train.stop_at_accuracy, cfg.train.early_stop_patience) == (0.9, 3)
+
+
+@pytest.mark.parametrize(("overrides", "match"), [
+    ({"stop_at_accuracy": 1.5}, r"stop_at_accuracy must be in \(0, 1\]"),
+    ({"early_stop_patience": -1}, "early_stop_patience must be >= 0"),
+])
+def test_preset_early_stopping_validation(overrides, match):
+    with pytest.raises(ValueError, match=match):
+        get_preset("tiny", **overrides)
+
+
+def test_summary_and_paired_steps_to_solve():
+    p = LadderPreset(levels={"recall": (1,), "recurrence": (1,), "mixture": (1,)},
+                     kernels=("softmax", "expressive"), n_seeds=3)
+    steps = {("expressive", 0): 100, ("expressive", 1): 300, ("expressive", 2): 50,
+             ("softmax", 0): 200, ("softmax", 1): 200, ("softmax", 2): None}
+    results = {cell_key(t, 1, k, s): _fake(t, 1, k, s, 1.0 if steps[k, s] else 0.5, steps[k, s])
+               for t in p.levels for k in p.kernels for s in p.seeds}
+    row = next(r for r in summarize(p, results) if r["task"] == "recurrence" and r["kernel"] == "expressive")
+    assert row["median_steps_to_solve"] == 100 and row["seeds_solved_in_training"] == 3
+    assert row["median_steps_trained"] == 300 and row["seeds_stopped_early"] == 3
+    pairs = ladder_claims.steps_to_solve_pairs(p, results)
+    assert [r["task"] for r in pairs] == ["recurrence", "mixture", "recall (attnlab's own task, not in the paper)"]
+    assert pairs[0]["pairs_both_solve"] == 2 and pairs[0]["ea_only_solves"] == 1 and pairs[0]["dpa_only_solves"] == 0
+    assert (pairs[0]["median_steps_ea"], pairs[0]["median_steps_dpa"]) == (200, 200)
+    assert pairs[0]["median_diff_ea_minus_dpa"] == 0 and (pairs[0]["ea_faster"], pairs[0]["dpa_faster"]) == (1, 1)
+
+
+def test_headline_puts_the_paper_tasks_first_and_labels_recall():
+    p = LadderPreset(levels={"recall": (1, 2), "mixture": (1, 2), "recurrence": (1, 2)},
+                     kernels=("softmax", "expressive"), n_seeds=2)
+    acc = {"softmax": 0.8, "expressive": 0.9}
+    results = {cell_key(t, lv, k, s): _fake(t, lv, k, s, acc[k] + 0.01 * s)
+               for t in p.levels for lv in (1, 2) for k in p.kernels for s in p.seeds}
+    margins, tests = ladder_claims.claims(p, summarize(p, results), results)
+    scopes = list(dict.fromkeys(t["scope"] for t in tests))
+    assert scopes == ["recurrence", "mixture", "paper tasks", "recall"]  # recall after, never pooled
+    assert [m["task"] for m in margins][::2] == ["recurrence", "mixture", "recall"]
+    table = ladder_claims.verdict_table(tests, judged=True)
+    assert "**recall** (attnlab's own task, not in the paper)" in table
+    assert "**recurrence** (" not in table and "**mixture** (" not in table
+    assert table.index("**recurrence**") < table.index("**mixture**") < table.index("**recall**")
