@@ -39,13 +39,21 @@ OWN_TASK_NOTE = "attnlab's own task, not in the paper"
 
 
 def task_order(tasks: Any) -> list[str]:
-    """``tasks`` with the paper's (:data:`PAPER_TASKS`) first, in that order, then the others."""
+    """``tasks`` with the paper's (:data:`PAPER_TASKS`) first, in that order, then the others.
+
+    >>> task_order(["recall", "mixture", "recurrence"])
+    ['recurrence', 'mixture', 'recall']
+    """
     tasks = list(tasks)
     return [t for t in PAPER_TASKS if t in tasks] + [t for t in tasks if t not in PAPER_TASKS]
 
 
 def task_label(task: str) -> str:
-    """The task's name, with :data:`OWN_TASK_NOTE` when it is not one of the paper's."""
+    """The task's name, with :data:`OWN_TASK_NOTE` when it is not one of the paper's.
+
+    >>> task_label("recall")
+    "recall (attnlab's own task, not in the paper)"
+    """
     return task if task in PAPER_TASKS else f"{task} ({OWN_TASK_NOTE})"
 
 
