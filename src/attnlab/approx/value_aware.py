@@ -155,6 +155,12 @@ def va_swap(p: Tensor, v: Tensor, r: int, *, visible: Tensor | None = None,
     best bound first; the best improving swap of a chunk is taken. A row stops when no swap
     improves by more than the tolerance, or after ``max_iter`` swaps.
 
+    Batched over all queries: each step refits the next 1, 2, 4, ... chunks of every row that
+    is still searching, in one batch (rows that found their swap or ran out of candidates drop
+    out), and takes the best swap of the first chunk that improves: the same choice as one chunk
+    at a time, in log2 of the steps. At r = 2 the line point is the exact fit (S \\ {i} is one
+    point), so no refit is needed.
+
     Raises:
         TypeError, ValueError: see :func:`attnlab.approx.sparse.prepare`; also ``max_iter`` < 0
             or ``chunk`` < 1.
@@ -180,7 +186,12 @@ def _swap_rows(lay: Layout, r: int, max_iter: int, chunk: int) -> tuple[Tensor, 
         uniform = (~eye).to(b.dtype) / (r - 1)
         b_out = torch.where(mass > 0, b_out / torch.where(mass > 0, mass, 1.0), uniform)
         Wi = W.unsqueeze(-3).expand(*W.shape[:2], r, r, W.shape[-1])
-        bi, ei, e2i = _refit(Wi, b_out, ~eye.expand(b_out.shape))
+        bi, ei, e2i = b_out, W.new_zeros(Wi.shape[:-2] + Wi.shape[-1:]), err2.new_zeros(b_out.shape[:-1])
+        if not bool(live.all()):  # refit only the rows still searching (the others have no candidates)
+            bi, ei, e2i = bi.clone(), ei, e2i
+            bi[live], ei[live], e2i[live] = _refit(Wi[live], b_out[live], ~eye.expand(b_out[live].shape))
+        else:
+            bi, ei, e2i = _refit(Wi, b_out, ~eye.expand(b_out.shape))
         t, red = _line_scores(ei, e2i, lay, wn2.unsqueeze(-2))
         eo = (ei * lay.o.unsqueeze(-2)).sum(-1, keepdim=True)
         ew = torch.baddbmm(eo.flatten(1, 2), ei.flatten(1, 2), lay.v.transpose(-1, -2), alpha=-1)
@@ -193,25 +204,49 @@ def _swap_rows(lay: Layout, r: int, max_iter: int, chunk: int) -> tuple[Tensor, 
         cand = (cand & live[..., None, None]).flatten(-2)
         upper = (e2i.unsqueeze(-1) - red).flatten(-2)
         found = torch.zeros_like(live)
-        while bool((cand.any(-1) & ~found).any()):
-            pid = torch.where(cand, -upper, -torch.inf).topk(min(chunk, cand.shape[-1])).indices
-            ok = cand.gather(-1, pid) & ~found.unsqueeze(-1)
-            cand = cand.scatter(-1, pid, False)
+        V, o = lay.v, lay.o
+        width = chunk
+        while True:
+            # only the rows that still have candidates and no improving swap yet (compacted: a
+            # row that is done costs nothing while the others search on)
+            gi, mi = (cand.any(-1) & ~found).nonzero(as_tuple=True)
+            if len(gi) == 0:
+                break
+            # the next `width` candidates by bound, i.e. the next width / chunk chunks of the
+            # chunk-at-a-time search, refit in one batch; width doubles, so a row that must
+            # refit all its k candidates (to prove it is a local optimum) takes log2(k / chunk)
+            # steps, not k / chunk
+            c_a, up_a = cand[gi, mi], upper[gi, mi]
+            pid = torch.where(c_a, -up_a, -torch.inf).topk(min(width, c_a.shape[-1])).indices
+            width *= 2
+            ok = c_a.gather(-1, pid)
+            cand[gi, mi] = c_a.scatter(-1, pid, False)
             i, j = pid // n, pid % n
-            sw = slots == i.unsqueeze(-1)  # (G, M, chunk, r)
-            wj = gather_values(lay.v, j) - lay.o.unsqueeze(-2)
-            Wn = torch.where(sw.unsqueeze(-1), wj.unsqueeze(-2), W.unsqueeze(-3))
-            tj = t.flatten(-2).gather(-1, pid).unsqueeze(-1)
-            b_rest = bi.gather(-2, i.unsqueeze(-1).expand(*i.shape, r))
-            bn, _, e2n = _refit(Wn, torch.where(sw, tj, b_rest * (1 - tj)))
-            best, c = torch.where(ok, e2n, torch.inf).min(-1)
-            better = best < err2 - tol
-            new_idx = idx.scatter(-1, _pick(i, c).unsqueeze(-1), _pick(j, c).unsqueeze(-1))
-            idx = torch.where(better[..., None], new_idx, idx)
-            W = torch.where(better[..., None, None], _pick(Wn, c), W)
-            b = torch.where(better[..., None], _pick(bn, c), b)
-            err2 = torch.where(better, best, err2)
-            found |= better
+            sw = slots == i.unsqueeze(-1)  # (R', width, r)
+            wj = V[gi[:, None], j] - o[gi, mi].unsqueeze(-2)
+            Wn = torch.where(sw.unsqueeze(-1), wj.unsqueeze(-2), W[gi, mi].unsqueeze(-3))
+            tj = t[gi, mi].flatten(-2).gather(-1, pid).unsqueeze(-1)
+            b_rest = bi[gi, mi].gather(-2, i.unsqueeze(-1).expand(*i.shape, r))
+            bn = torch.where(sw, tj, b_rest * (1 - tj))  # the best point on the line from e_i to w_j
+            if r == 2:  # S \ {i} is one point: the hull is that segment, the line point is the exact fit
+                e2n = up_a.gather(-1, pid).clamp_min(0)
+            else:
+                bn, _, e2n = _refit(Wn, bn)
+            improves = ok & (e2n < (err2[gi, mi] - tol[gi, mi]).unsqueeze(-1))
+            better = improves.any(-1)
+            if not bool(better.any()):
+                continue
+            # as chunk at a time: the best swap of the first chunk that holds an improving one
+            block = torch.arange(pid.shape[-1], device=pid.device) // chunk
+            first = block[improves.to(torch.uint8).argmax(-1)]
+            best, c = torch.where(ok & (block == first.unsqueeze(-1)), e2n, torch.inf).min(-1)
+            gi, mi, c, best = gi[better], mi[better], c[better], best[better]
+            rows = torch.arange(len(gi), device=c.device)
+            idx[gi, mi, i[better][rows, c]] = j[better][rows, c]
+            W[gi, mi] = Wn[better][rows, c]
+            b[gi, mi] = bn[better][rows, c]
+            err2[gi, mi] = best
+            found[gi, mi] = True
         live &= found
         if not bool(live.any()):
             break
