@@ -30,7 +30,7 @@ from .caote import caote, caote_est
 from .compare import compare
 from .expected_attention import expected_attention
 from .h2o import h2o
-from .harness import SELECTORS, Context, Picked, Selection, make_approximation, register_selector, select
+from .harness import SELECTORS, Context, Picked, Selection, make_approximation, register_selector, select, timed_select
 from .magicpig import magicpig
 from .quest import quest
 from .streaming import streaming_llm
@@ -49,6 +49,7 @@ __all__ = [
     "make_approximation",
     "register_selector",
     "select",
+    "timed_select",
 ]
 
 for _name, _fn, _softmax, _sampled in [

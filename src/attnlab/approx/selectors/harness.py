@@ -58,6 +58,7 @@ __all__ = [
     "make_approximation",
     "register_selector",
     "select",
+    "timed_select",
 ]
 
 
@@ -195,6 +196,32 @@ def select(query: Tensor, key: Tensor, value: Tensor, *, method: str, top_k: int
         ValueError: unknown ``method``; ``top_k`` < 1; a softmax-only method with another kernel
             (the message names both); a bad option (named); or as :func:`attnlab.attention`.
     """
+    return timed_select(query, key, value, method=method, top_k=top_k, kernel=kernel, attn_mask=attn_mask,
+                        is_causal=is_causal, scale=scale, enable_gqa=enable_gqa, eps=eps, generator=generator,
+                        seed=seed, **options)[0]
+
+
+def timed_select(query: Tensor, key: Tensor, value: Tensor, *, method: str, top_k: int = 32,
+                 kernel: str | Kernel = "softmax", attn_mask: Tensor | None = None, is_causal: bool = False,
+                 scale: float | None = None, enable_gqa: bool = False, eps: float = 1e-6,
+                 generator: torch.Generator | None = None, seed: int | None = None,
+                 **options: object) -> tuple[Selection, float]:
+    """:func:`select`, and the wall seconds of the selector's own work: the call of the method on
+    the prepared :class:`Context` (exact scores and weights already computed, as every method
+    with ``scores_all`` needs them; the output formed afterwards), not counting either.
+
+    Example:
+        >>> import torch
+        >>> q, k, v = torch.randn(3, 1, 2, 16, 8).unbind(0)
+        >>> sel, seconds = timed_select(q, k, v, method="topk", top_k=4)
+        >>> tuple(sel.output.shape), seconds >= 0
+        ((1, 2, 16, 8), True)
+
+    Raises:
+        as :func:`select`.
+    """
+    import time
+
     if method not in SELECTORS:
         raise ValueError(f"method must be one of {sorted(SELECTORS)}, got {method!r}")
     entry = SELECTORS[method]
@@ -205,8 +232,10 @@ def select(query: Tensor, key: Tensor, value: Tensor, *, method: str, top_k: int
     with torch.no_grad():
         ctx, out_shape = _context(query, key, value, kern, attn_mask, is_causal, scale, enable_gqa, eps,
                                   generator, seed)
+        t0 = time.perf_counter()
         picked = entry.fn(ctx, top_k, **options)
-        return _finish(ctx, picked, top_k, out_shape, method, query.dtype)
+        seconds = time.perf_counter() - t0
+        return _finish(ctx, picked, top_k, out_shape, method, query.dtype), seconds
 
 
 def _finish(ctx: Context, pk: Picked, top_k: int, out_shape, method: str, dtype) -> Selection:

@@ -134,8 +134,10 @@ def va_select(ctx: Context, top_k: int, *, design: str = "auto", sketch: str = "
         m = check_int("sketch_dim", sketch_dim, 1)
         good = (ratio >= explained).reshape(*ratio.shape[:2], 1, 1, 1)  # per (batch, head)
         good = good & (top_k <= 2 * (m + 1))
-        picks = [va_select(ctx, top_k, design=d, **opts) for d in ("greedy", "refit")]
-        g, r = picks
+        r = va_select(ctx, top_k, design="refit", **opts)
+        if not bool(good.any()):  # the greedy design would be computed and thrown away
+            return r
+        g = va_select(ctx, top_k, design="greedy", **opts)
         return Picked(used=torch.where(good, g.used, r.used), coef=torch.where(good, g.coef, r.coef),
                       read=torch.where(good, g.read, r.read), summary_bytes=g.summary_bytes, scores_all=True)
     if design not in DESIGNS:
