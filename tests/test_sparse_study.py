@@ -124,7 +124,7 @@ def test_va_select_auto_skips_unused_greedy_without_changing_output():
 @pytest.mark.parametrize("field, value, match", [
     ("budgets", (0,), "budgets"), ("methods", ("nope",), "methods"), ("n_seqs", 1, "n_seqs"),
     ("swap_queries", 9, "swap_queries"), ("temperatures", (0.0,), "temperatures"), ("n_queries", 100, "n_queries"),
-    ("bytes_budgets", (500,), "bytes_budgets")])
+    ("bytes_budgets", (500,), "bytes_budgets"), ("models_from", "/nonexistent/run", "models_from")])
 def test_preset_refuses_bad_values_by_name(field, value, match):
     with pytest.raises(ValueError, match=match):
         SparsePreset(**{field: value})

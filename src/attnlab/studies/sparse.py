@@ -160,6 +160,8 @@ class SparsePreset:
                 raise ValueError(f"{name} must be a list of {allowed}, got {bad}")
         if not self.methods:
             raise ValueError("methods must name at least one selector")
+        if self.models_from is not None and not (Path(self.models_from) / "models").is_dir():
+            raise ValueError(f"models_from must be a run folder with a models/ folder, got {self.models_from!r}")
 
     @property
     def models(self) -> list[str]:

@@ -62,7 +62,7 @@ import math
 import torch
 
 from ..._checks import check_int
-from ..value_aware import _refit
+from ..simplex import _refit
 from .blocks import key_bytes, take
 from .harness import Context, Picked
 
