@@ -220,7 +220,8 @@ def _swap_rows(lay: Layout, r: int, max_iter: int, chunk: int) -> tuple[Tensor, 
             pid = torch.where(c_a, -up_a, -torch.inf).topk(min(width, c_a.shape[-1])).indices
             width *= 2
             ok = c_a.gather(-1, pid)
-            cand[gi, mi] = c_a.scatter(-1, pid, False)
+            # at r = 2 the bound is the exact error: if the best one does not improve, none does
+            cand[gi, mi] = False if r == 2 else c_a.scatter(-1, pid, False)
             i, j = pid // n, pid % n
             sw = slots == i.unsqueeze(-1)  # (R', width, r)
             wj = V[gi[:, None], j] - o[gi, mi].unsqueeze(-2)
