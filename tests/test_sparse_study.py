@@ -114,11 +114,15 @@ def test_timed_select_matches_select():
 
 
 def test_va_select_auto_skips_unused_greedy_without_changing_output():
-    """k > 2 (sketch_dim + 1): auto is refit everywhere (the greedy pass is not computed)."""
+    """k > 2 (sketch_dim + 1): auto is refit everywhere (the greedy pass is not computed);
+    below it, auto is greedy on every head (explained threshold 0 by default)."""
     q, k, v = torch.randn(3, 1, 2, 40, 8, generator=torch.Generator().manual_seed(2)).unbind(0)
-    auto = select(q, k, v, method="va-select", top_k=12)
-    refit = select(q, k, v, method="va-select", top_k=12, design="refit")
+    auto = select(q, k, v, method="va-select", top_k=24)
+    refit = select(q, k, v, method="va-select", top_k=24, design="refit")
     assert torch.equal(auto.output, refit.output)
+    small = select(q, k, v, method="va-select", top_k=6)
+    assert torch.equal(small.output, select(q, k, v, method="va-select", top_k=6, design="greedy").output)
+    assert not torch.equal(small.output, select(q, k, v, method="va-select", top_k=6, design="refit").output)
 
 
 @pytest.mark.parametrize("field, value, match", [
