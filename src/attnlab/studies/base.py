@@ -27,8 +27,8 @@ from typing import Any
 from ..registry import Registry
 
 __all__ = ["EXECUTION_ONLY", "STUDIES", "Cell", "CellContext", "PresetTable", "Study", "available_studies",
-           "config_dir", "get_study", "load_preset", "preset_from", "preset_names", "register_study",
-           "study_description"]
+           "checkpoint_every", "config_dir", "get_study", "load_preset", "preset_from", "preset_names",
+           "register_study", "study_description"]
 
 #: preset fields that change how cells run, not what they compute (never part of a cell's hash).
 EXECUTION_ONLY = ("jobs", "threads")
@@ -167,6 +167,17 @@ def load_preset(study: Study | str, preset: str, overrides: Mapping[str, Any] | 
     if not isinstance(data, dict):
         raise ValueError(f"preset file {str(path)!r} must hold a mapping of preset fields")
     return preset_from(study.preset_type, {**_tuples(data), **dict(overrides or {})})
+
+
+def checkpoint_every(steps: int, pieces: int = 10) -> int:
+    """How often a study's training cell checkpoints: ``pieces`` times over its ``steps``, so a
+    killed cell (a preempted GPU, a lost machine) loses at most a tenth of its training and
+    resumes from the last checkpoint with ``--resume``.
+
+    >>> checkpoint_every(20000), checkpoint_every(5)
+    (2000, 1)
+    """
+    return max(1, steps // pieces)
 
 
 def preset_from(preset_type: type, values: Mapping[str, Any]) -> Any:

@@ -168,12 +168,17 @@ def cells(preset: LadderPreset) -> list[Cell]:
 
 
 def run_cell(preset: LadderPreset, cell: Cell, ctx: CellContext) -> dict[str, Any]:
-    """:func:`train_cell`, then drop the optimizer/RNG state (needed only to continue an unfinished
-    cell; ~2x the weights): the weights stay for inspection."""
+    """:func:`train_cell` (checkpointing every tenth of its steps, so a killed cell resumes where it
+    was), then keep only the final weights for inspection: the older checkpoints and the
+    optimizer/RNG state (needed only to continue an unfinished cell; ~2x the weights) go."""
+    import shutil
+
     c = cell.config
     result = train_cell(preset, c["task"], c["level"], c["kernel"], c["seed"], ctx.run_path, device=ctx.device)
-    for state in (ctx.run_path / "cells" / cell.key / "checkpoints").glob("step_*/state.pt"):
-        state.unlink()
+    *older, last = sorted((ctx.run_path / "cells" / cell.key / "checkpoints").glob("step_*"))
+    for folder in older:
+        shutil.rmtree(folder)
+    (last / "state.pt").unlink(missing_ok=True)
     return result
 
 

@@ -26,6 +26,7 @@ def _run_config(p: LadderPreset, task: str, level: int, kernel: str, seed: int, 
     from ..config import DataConfig, RunConfig, TrainConfig
     from ..data.tasks import task_config
     from ..models import ModelConfig
+    from .base import checkpoint_every
 
     spec = task_config(task, level, seed=seed)
     model = ModelConfig(kind="causal", vocab_size=spec.vocab_size, context=spec.seq_len, n_layers=p.n_layers,
@@ -35,7 +36,7 @@ def _run_config(p: LadderPreset, task: str, level: int, kernel: str, seed: int, 
                      warmup_steps=p.warmup_steps, weight_decay=0.0, log_every=p.eval_every,
                      eval_every=p.eval_every, eval_batches=p.eval_batches, seed=seed,
                      early_stop_patience=p.early_stop_patience, stop_at_accuracy=p.stop_at_accuracy,
-                     device=device,
+                     ckpt_every=checkpoint_every(p.steps), device=device,
                      progress=False, out_dir=str(out_dir))
     return RunConfig(model=model, data=data, train=tc), spec
 
