@@ -1,60 +1,92 @@
-"""Study 1's gap table (issue 13 item 5): va-greedy against va-swap and va-exact, on fabricated
-rows (arithmetic checked by hand) and in the report of a tiny-preset run with va-swap cells."""
+"""Study 1's gap cells (issue 13 item 5): va-greedy against va-swap and va-exact on a subsample of
+the unmodified models' queries; the pooled table's arithmetic on fabricated cells (checked by
+hand), the cells of a small run, and resuming an older run folder adds only the gap cells."""
 
 from __future__ import annotations
 
+import csv
+import json
+
 import pytest
 
-from attnlab.studies.va_report import gap_lines, gaps
+from attnlab.studies import value_aware as va
+from attnlab.studies.va_report import gap_lines, gap_sentence, gaps
+
+SMALL = dict(kernels=("softmax",), rs=(2, 8), methods=("topr", "va-greedy"), n_layers=1, d_model=8, n_heads=2,
+             context=12, steps=15, batch_size=8, max_bytes=100_000, eval_batch_size=2)
 
 
-def _row(method, r, errs, kernel="softmax", skipped=""):
-    row = {"kind": "causal", "kernel": kernel, "seed": 0, "method": method, "r": r, "skipped": skipped,
-           "mean_layer_error": sum(errs) / len(errs) if errs else None}
-    row.update({f"layer{i}_error": e for i, e in enumerate(errs)})
-    return row
+def _cell(seed, greedy, swap, exact, seqs, r=2):
+    return {"kind": "causal", "kernel": "softmax", "seed": seed, "r": r, "err_greedy": [greedy],
+            "err_swap": [swap], "err_exact": [exact], "query_seq": [seqs], "query_keys": [[5] * len(seqs)]}
 
 
-def test_gap_arithmetic_on_fabricated_rows():
-    rows = [_row("topr", 2, [0.9, 0.9]),
-            _row("va-greedy", 2, [0.3, 0.5]), _row("va-swap", 2, [0.2, 0.4]), _row("va-exact", 2, [0.2, 0.2]),
-            _row("va-greedy", 4, [0.2, 0.4]), _row("va-swap", 4, [0.2, 0.2]),
-            _row("va-exact", 4, [], skipped="va-exact infeasible: C(128, 4) > 5000 supports"),
-            _row("va-greedy", 8, [0.1, 0.1])]  # no va-swap or va-exact at r = 8: no row
-    out = {g["r"]: g for g in gaps(rows)}
-    assert sorted(out) == [2, 4]
-    g2, g4 = out[2], out[4]
-    assert g2["greedy_output_error"] == pytest.approx(0.4)
-    assert g2["gap_to_swap_pct"] == pytest.approx(100 * (0.4 - 0.3) / 0.3)
-    assert g2["gap_to_exact_pct"] == pytest.approx(100.0)
-    assert g2["largest_layer_gap_pct"] == pytest.approx(150.0)  # layer 1: (0.5 - 0.2) / 0.2
-    assert g2["best"] == "va-exact"
-    assert g4["exact_output_error"] is None and g4["gap_to_exact_pct"] is None
-    assert g4["gap_to_swap_pct"] == pytest.approx(50.0)
-    assert g4["largest_layer_gap_pct"] == pytest.approx(100.0)
-    assert g4["best"] == "va-swap"
-    text = "\n".join(gap_lines(list(out.values()), rows))
-    assert "75.0% above" in text  # mean of the gaps to the best: (100 + 50) / 2
-    assert "va-exact, the certified optimum, in 1 of them" in text
-    assert "C(128, 4) > 5000" in text
+def test_gap_arithmetic_on_fabricated_cells():
+    cells = [_cell(0, [0.3, 0.2, 0.5], [0.2, 0.2, 0.5], [0.2, 0.2, None], [0, 1, 1]),
+             _cell(1, [0.4, 0.0], [0.4, 0.0], [None, 0.0], [0, 0])]
+    (row,) = gaps(cells)
+    assert (row["queries"], row["exact_queries"], row["seeds"]) == (5, 3, 2)
+    assert row["err_greedy"] == pytest.approx((0.3 + 0.2 + 0.5 + 0.4 + 0.0) / 5)
+    assert row["err_swap"] == pytest.approx((0.2 + 0.2 + 0.5 + 0.4 + 0.0) / 5)
+    assert row["err_exact"] == pytest.approx(0.4 / 3)
+    assert row["mean_gap_pct"] == pytest.approx(50.0 / 5)  # only the first query has a gap: 50%
+    assert row["greedy_optimal_share"] == pytest.approx(2 / 3)  # certified on 2 of the 3 with va-exact
+    assert row["greedy_swap_optimal_share"] == pytest.approx(1.0)  # the 2 others: 1-swap local optima
+    assert row["gap_ci_low"] <= row["mean_gap_pct"] <= row["gap_ci_high"]
+    assert "10.0% above" in gap_sentence([row]) and "67% of the 3 queries" in gap_sentence([row])
+    assert gaps([_cell(0, [], [], [], [])]) == []
+    assert gap_lines([], va.ValueAwarePreset()) == []
 
 
-def test_zero_errors_give_a_zero_gap_and_no_section_without_cells():
-    rows = [_row("va-greedy", 5, [0.0, 0.0]), _row("va-swap", 5, [0.0, 0.0])]
-    assert gaps(rows)[0]["gap_to_swap_pct"] == 0.0
-    assert gaps([_row("va-greedy", 2, [0.1])]) == []
-    assert gap_lines([], rows) == []
+def test_gap_cells_only_below_d_plus_1_and_off_at_zero():
+    p = va.ValueAwarePreset(**SMALL)
+    assert [c.key for c in va.cells(p) if c.key.startswith("gap/")] == [
+        f"gap/{k}/softmax/s0/r=2" for k in ("causal", "masked")]  # r = 8 >= D + 1 = 5: greedy is exact
+    assert not [c for c in va.cells(va.ValueAwarePreset(**SMALL, gap_queries=0)) if c.key.startswith("gap/")]
+    with pytest.raises(ValueError, match="gap_queries"):
+        va.ValueAwarePreset(**SMALL, gap_queries=-1)
 
 
-def test_tiny_run_report_has_the_gap_table(tmp_path):
-    from attnlab.studies.value_aware import ValueAwarePreset, run
+@pytest.fixture(scope="module")
+def small_run(tmp_path_factory):
+    """A run made before the gap cells existed (gap_queries=0 and no such field in run.json)."""
+    run_dir = va.run(va.ValueAwarePreset(**SMALL, gap_queries=0), out=tmp_path_factory.mktemp("gap"))
+    assert not list((run_dir / "results").glob("gap~*"))
+    info = json.loads((run_dir / "run.json").read_text())
+    for name in ("gap_queries", "gap_exact_max_subsets"):
+        del info["config"][name]
+    (run_dir / "run.json").write_text(json.dumps(info))
+    return run_dir
 
-    preset = ValueAwarePreset(kernels=("softmax",), kinds=("causal",), rs=(2,), methods=("topr", "va-greedy",
-                              "va-swap", "va-exact"), n_layers=1, d_model=8, n_heads=2, context=12, steps=15,
-                              batch_size=8, max_bytes=100_000, eval_batch_size=2)
-    run_dir = run(preset, out=tmp_path)
-    md = (run_dir / "report.md").read_text()
+
+def test_resume_adds_only_the_gap_cells(small_run, monkeypatch):
+    before = {p.name: (p.stat().st_mtime_ns, p.read_text()) for p in (small_run / "results").glob("*.json")}
+    monkeypatch.setattr(va, "evaluate_tokens", lambda *a, **k: pytest.fail("an eval cell was recomputed"))
+    monkeypatch.setattr("attnlab.train.train", lambda *a, **k: pytest.fail("a training was recomputed"))
+    assert va.run(resume=str(small_run)) == small_run
+    after = {p.name: (p.stat().st_mtime_ns, p.read_text()) for p in (small_run / "results").glob("*.json")}
+    assert {k: v for k, v in after.items() if k in before} == before
+    assert sorted(set(after) - set(before)) == ["gap~causal~softmax~s0~r=2.json", "gap~masked~softmax~s0~r=2.json"]
+
+
+def test_gap_cells_order_the_oracles_and_reach_the_report(small_run):
+    preset = va.ValueAwarePreset(**SMALL)
+    for path in sorted((small_run / "results").glob("gap~*.json")):
+        res = json.loads(path.read_text())["result"]
+        (greedy,), (swap,), (exact,) = res["err_greedy"], res["err_swap"], res["err_exact"]
+        assert len(greedy) == len(swap) == len(exact) == preset.gap_queries  # of 2 seqs x 2 heads x 10 or 12 rows
+        assert min(res["query_keys"][0]) > 2 and set(res["query_seq"][0]) == {0, 1}
+        for g, s, e in zip(greedy, swap, exact, strict=True):
+            assert e is not None  # C(<= 12, 2) <= gap_exact_max_subsets: va-exact ran on every query
+            assert g >= s - 1e-9 * max(1.0, s) and s >= e - 1e-9 * max(1.0, e)
+    with open(small_run / "va_gap.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [(r["kind"], r["r"]) for r in rows] == [("causal", "2"), ("masked", "2")]
+    for r in rows:
+        assert 0.0 <= float(r["greedy_optimal_share"]) <= 1.0 and r["greedy_swap_optimal_share"] == ""
+        assert float(r["gap_ci_low"]) <= float(r["mean_gap_pct"]) <= float(r["gap_ci_high"])
+        assert float(r["err_greedy"]) >= float(r["err_swap"]) - 1e-9 >= float(r["err_exact"]) - 2e-9
+    md = (small_run / "report.md").read_text()
     assert "## How far the value-aware numbers are from the optimum" in md
-    assert (run_dir / "va_gap.csv").exists()
-    lines = (run_dir / "va_gap.csv").read_text().splitlines()
-    assert len(lines) == 1 + 2  # r = 2 and the sanity point r = D + 1 = 5
+    assert "**Distance from the optimum (r < D + 1).** Over 32 sampled queries" in md
+    assert preset.gap_queries > 0  # the default is on, so an older run folder gains the cells

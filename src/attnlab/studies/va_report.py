@@ -22,7 +22,8 @@ from typing import Any
 from ..stats import paired_bootstrap, slope_ci, superiority
 from .report import RunDir, markdown_table
 
-__all__ = ["NOT_JUDGED", "SMOKE_STEPS", "claim_tests", "gap_lines", "gaps", "report", "smoke_caveat", "summarize"]
+__all__ = ["NOT_JUDGED", "OPT_RTOL", "SMOKE_STEPS", "ZERO_ERR", "claim_tests", "gap_lines", "gap_sentence", "gaps",
+           "report", "smoke_caveat", "summarize"]
 
 #: Fewer training steps than this make a smoke test: its report states no verdict.
 SMOKE_STEPS = 100
@@ -75,70 +76,107 @@ def _diffs(rows: list[dict], tokens: dict | None = None) -> list[dict]:
     return out
 
 
-def _rel_gap(err: float | None, best: float | None) -> float | None:
-    """(err - best) / best in %, 0 where both are 0, None where undefined."""
-    if err is None or best is None:
-        return None
-    if best > 0:
+#: va-greedy counts as optimal on a query when its error is within this relative distance of the best.
+OPT_RTOL = 1e-6
+#: Relative output errors below this count as 0 (the output reproduced, up to rounding).
+ZERO_ERR = 1e-9
+
+
+def _rel_gap(err: float, best: float) -> float | None:
+    """(err - best) / best in %, 0 where both are (near) 0, None where only best is."""
+    if best > ZERO_ERR:
         return 100.0 * (err - best) / best
-    return 0.0 if err <= best else None
+    return 0.0 if err <= ZERO_ERR else None
 
 
-def gaps(rows: list[dict]) -> list[dict]:
-    """va-greedy's mean per-layer output error against va-swap's and va-exact's, per (kind,
-    kernel, seed, r) where va-greedy and at least one of them ran: the errors, the relative gaps
-    ``(err_greedy - err_best) / err_best`` in % (best = va-exact where it ran, else va-swap, an
-    upper bound on the optimum), and the largest per-layer relative gap to that best."""
-    key = lambda r, m=None: (r["kind"], r["kernel"], r.get("seed", 0), m or r["method"], r["r"])  # noqa: E731
-    by = {key(r): r for r in rows if not r.get("skipped") and r.get("mean_layer_error") is not None}
+def gaps(cells: list[dict]) -> list[dict]:
+    """va-greedy against va-swap and va-exact per (kind, kernel, r), pooled over seeds and layers,
+    from the ``gap/...`` cells (:func:`attnlab.studies.va_eval.oracle_gaps`; each a dict with
+    kind, kernel, seed, r and the cell's result): the number of queries (and of those where
+    va-exact ran), each oracle's mean relative output error (va-exact's over its own queries),
+    the mean relative gap ``(err_greedy - err_best) / err_best`` in % (best = the smallest error
+    of the oracles that ran on the query) with a 95% cluster-bootstrap CI (the queries of one
+    evaluation sequence of one seed resampled together), and the share of queries where
+    va-greedy is optimal: certified (within :data:`OPT_RTOL` of va-exact) on the queries where
+    va-exact ran, a 1-swap local optimum (va-swap found no better support) on the others."""
+    pooled: dict[tuple, dict[str, list]] = {}
+    for cell in cells:
+        acc = pooled.setdefault((cell["kind"], cell["kernel"], cell["r"]), {"q": [], "seeds": []})
+        acc["seeds"].append(cell["seed"])
+        for layer in range(len(cell["err_greedy"])):
+            acc["q"] += [(g, s, e, f"{cell['seed']}/{seq}") for g, s, e, seq in zip(
+                cell["err_greedy"][layer], cell["err_swap"][layer], cell["err_exact"][layer],
+                cell["query_seq"][layer], strict=True)]
     out = []
-    for (kind, kernel, seed, method, r), greedy in by.items():
-        if method != "va-greedy":
+    for (kind, kernel, r), acc in pooled.items():
+        qs = acc["q"]
+        if not qs:
             continue
-        swap, exact = (by.get((kind, kernel, seed, m, r)) for m in ("va-swap", "va-exact"))
-        if swap is None and exact is None:
-            continue
-        best = exact or swap
-        g_err = greedy["mean_layer_error"]
-        layers = sorted(k for k in greedy if k.startswith("layer") and k.endswith("_error") and k in best)
-        per_layer = [_rel_gap(greedy[k], best[k]) for k in layers]
-        per_layer = [x for x in per_layer if x is not None]
-        out.append({"kind": kind, "kernel": kernel, "seed": seed, "r": r, "greedy_output_error": g_err,
-                    "swap_output_error": swap and swap["mean_layer_error"],
-                    "exact_output_error": exact and exact["mean_layer_error"],
-                    "gap_to_swap_pct": swap and _rel_gap(g_err, swap["mean_layer_error"]),
-                    "gap_to_exact_pct": exact and _rel_gap(g_err, exact["mean_layer_error"]),
-                    "largest_layer_gap_pct": max(per_layer) if per_layer else None,
-                    "best": "va-exact" if exact else "va-swap"})
-    return out
+        ex = [q for q in qs if q[2] is not None]
+        sw = [q for q in qs if q[2] is None]
+        pairs = [(_rel_gap(g, min(s, e) if e is not None else s), grp) for g, s, e, grp in qs]
+        pairs = [(x, grp) for x, grp in pairs if x is not None]
+        row = {"kind": kind, "kernel": kernel, "r": r, "seeds": len(set(acc["seeds"])), "queries": len(qs),
+               "exact_queries": len(ex), "err_greedy": sum(q[0] for q in qs) / len(qs),
+               "err_swap": sum(q[1] for q in qs) / len(qs),
+               "err_exact": sum(q[2] for q in ex) / len(ex) if ex else None,
+               "mean_gap_pct": sum(x for x, _ in pairs) / len(pairs) if pairs else None,
+               "gap_ci_low": None, "gap_ci_high": None,
+               "greedy_optimal_share": sum(g <= e * (1 + OPT_RTOL) + ZERO_ERR for g, _, e, _ in ex) / len(ex)
+               if ex else None,
+               "greedy_swap_optimal_share": sum(g <= s * (1 + OPT_RTOL) + ZERO_ERR for g, s, _, _ in sw) / len(sw)
+               if sw else None}
+        if len({grp for _, grp in pairs}) >= 2:
+            est = paired_bootstrap([x for x, _ in pairs], groups=[grp for _, grp in pairs], seed=0, unit="queries",
+                                   group="sequences")
+            row.update(gap_ci_low=est.ci_low, gap_ci_high=est.ci_high)
+        out.append(row)
+    return sorted(out, key=lambda g: (g["kind"], g["kernel"], g["r"]))
 
 
-def gap_lines(gap_rows: list[dict], rows: list[dict]) -> list[str]:
+def gap_sentence(gap_rows: list[dict]) -> str | None:
+    """One sentence on how far the value-aware numbers (va-greedy) are from the optimum."""
+    rows = [g for g in gap_rows if g["mean_gap_pct"] is not None]
+    if not rows:
+        return None
+    n = sum(g["queries"] for g in rows)
+    mean = sum(g["mean_gap_pct"] * g["queries"] for g in rows) / n
+    n_ex = sum(g["exact_queries"] for g in rows)
+    opt = sum((g["greedy_optimal_share"] or 0) * g["exact_queries"] for g in rows)
+    n_sw = n - n_ex
+    loc = sum((g["greedy_swap_optimal_share"] or 0) * (g["queries"] - g["exact_queries"]) for g in rows)
+    parts = [f"certified optimal on {opt / n_ex:.0%} of the {n_ex} queries where va-exact ran"] if n_ex else []
+    if n_sw:
+        parts.append(f"a 1-swap local optimum on {loc / n_sw:.0%} of the other {n_sw}")
+    lo, hi = min(g["mean_gap_pct"] for g in rows), max(g["mean_gap_pct"] for g in rows)
+    return (f"Over {n} sampled queries of the unmodified models, va-greedy's relative output error is on average "
+            f"{mean:.1f}% above the best value-aware solver's (per kind, kernel and r from {lo:.1f}% to "
+            f"{hi:.1f}%); it is " + " and ".join(parts) + ".")
+
+
+def gap_lines(gap_rows: list[dict], preset: Any) -> list[str]:
     """The report's section on how far va-greedy (the value-aware numbers) is from the optimum."""
     if not gap_rows:
         return []
-    cells = [g for g in gap_rows if g["gap_to_exact_pct"] is not None or g["gap_to_swap_pct"] is not None]
-    vals = [g["gap_to_exact_pct"] if g["gap_to_exact_pct"] is not None else g["gap_to_swap_pct"] for g in cells]
-    vals = [v for v in vals if v is not None]
-    n_exact = sum(g["best"] == "va-exact" for g in gap_rows)
-    lines = ["## How far the value-aware numbers are from the optimum", ""]
-    if vals:
-        lines.append(
-            f"Over {len(vals)} (model, kernel, seed, r) cells, va-greedy's mean per-layer output error is "
-            f"{sum(vals) / len(vals):.1f}% above the best value-aware solver's on average (largest "
-            f"{max(vals):.1f}%, smallest {min(vals):.1f}%). The best is va-exact, the certified optimum, in "
-            f"{n_exact} of them and va-swap, a 1-swap local optimum (an upper bound on the optimum), in the "
-            f"other {len(gap_rows) - n_exact}: there the gap to the optimum is at least the one shown. "
-            "Errors are measured inside each approximated model (every layer's own inputs), so beyond the "
-            "first layer the solvers face slightly different problems; the share of queries on which "
-            "va-greedy is already optimal is not recorded per query, so it is not given.")
-    skipped = sorted({r["skipped"] for r in rows if r["method"] == "va-exact" and r.get("skipped")})
-    if skipped:
-        lines.append("")
-        lines.append("va-exact did not run where enumeration is infeasible: " + "; ".join(skipped) + ".")
-    cols = ["kind", "kernel", "seed", "r", "greedy_output_error", "swap_output_error", "exact_output_error",
-            "gap_to_swap_pct", "gap_to_exact_pct", "largest_layer_gap_pct"]
-    return [*lines, "", markdown_table(gap_rows, cols), ""]
+    lines = ["## How far the value-aware numbers are from the optimum", "",
+             f"On a seeded random subsample of {preset.gap_queries} query rows per layer (drawn uniformly over "
+             "evaluation sequences x heads x positions, among the rows with more than r visible keys) of the "
+             "UNMODIFIED model, on the evaluation sequences of the other cells, va-greedy, va-swap (greedy + "
+             "1-swap local search, an upper bound on the optimum) and, where C(visible keys, min(r, D + 1)) <= "
+             f"{preset.gap_exact_max_subsets}, va-exact (the certified optimum) solve the same rows. Errors are "
+             "relative output errors ||o_hat - o|| / ||o||, pooled over layers and seeds. The gap is "
+             "(err_greedy - err_best) / err_best per query, best = the smallest error of the oracles that ran "
+             "(where va-exact did not run it is the gap to va-swap: a lower bound on the gap to the optimum); "
+             "95% CI: cluster bootstrap over evaluation sequences. Greedy optimal: within a relative 1e-6 of "
+             "va-exact (certified) where it ran; elsewhere the share where va-swap found no better support "
+             f"(a 1-swap local optimum). At r >= D + 1 = {preset.head_dim + 1} va-greedy is exact "
+             "(Caratheodory; see the sanity line): no gap cells there.", ""]
+    sentence = gap_sentence(gap_rows)
+    if sentence:
+        lines += [sentence, ""]
+    cols = ["kind", "kernel", "r", "seeds", "queries", "exact_queries", "err_greedy", "err_swap", "err_exact",
+            "mean_gap_pct", "gap_ci_low", "gap_ci_high", "greedy_optimal_share", "greedy_swap_optimal_share"]
+    return [*lines, markdown_table(gap_rows, cols), ""]
 
 
 def smoke_caveat(rows: list[dict], preset: Any, *, trained: bool = True) -> str | None:
@@ -217,7 +255,8 @@ def claim_tests(rows: list[dict], tokens: dict, preset: Any) -> list[dict[str, A
     return tests
 
 
-def _verdicts(diffs: list[dict], rows: list[dict], preset: Any, tests: list[dict], *, judged: bool = True) -> list[str]:
+def _verdicts(diffs: list[dict], rows: list[dict], preset: Any, tests: list[dict], *, judged: bool = True,
+              gap_rows: list[dict] | None = None) -> list[str]:
     """The claims' tests as a table and the sanity point; ``judged=False`` (a smoke test, see
     :func:`smoke_caveat`) gives the numbers with :data:`NOT_JUDGED` instead of a verdict."""
     lines = []
@@ -243,6 +282,9 @@ def _verdicts(diffs: list[dict], rows: list[dict], preset: Any, tests: list[dict
                      f"error: {worst:.2e} ({'near zero' if worst < 0.05 else 'NOT near zero'}; at r >= D + 1 "
                      "va-greedy reduces p's support to D + 1 keys (Caratheodory) where its greedy steps fall "
                      "short, va-exact, where it ran, is the certified optimum).")
+    sentence = gap_sentence(gap_rows or [])
+    if sentence:
+        lines.append(f"- **Distance from the optimum (r < D + 1).** {sentence}")
     return lines
 
 
@@ -250,9 +292,13 @@ def summarize(preset: Any, results: dict[str, Any]) -> dict[str, Any]:
     """Rows per evaluated cell, OVA-vs-OVO differences with CIs, the claims' tests, the caveat."""
     from .value_aware import cells
 
-    rows, tokens, train = [], {}, []
+    rows, tokens, train, gap_cells = [], {}, [], []
     for cell in cells(preset):
         c, res = cell.config, results[cell.key]
+        if cell.key.startswith("gap/"):
+            if not res.get("skipped"):
+                gap_cells.append({"kind": c["kind"], "kernel": c["kernel"], "seed": c["seed"], "r": c["r"], **res})
+            continue
         if cell.stage == 0:
             train.append({"kind": c["kind"], "kernel": c["kernel"], "seed": c["seed"], **res})
             continue
@@ -269,11 +315,11 @@ def summarize(preset: Any, results: dict[str, Any]) -> dict[str, Any]:
             row.update(error_ci_low=est.ci_low, error_ci_high=est.ci_high)
     caveat = smoke_caveat(flat, preset, trained=preset.hf_model is None)
     return {"rows": flat, "diffs": _diffs(flat, tokens), "tests": claim_tests(flat, tokens, preset),
-            "caveat": caveat, "training": train, "gaps": gaps(flat)}
+            "caveat": caveat, "training": train, "gaps": gaps(gap_cells)}
 
 
 def report(preset: Any, run_dir: RunDir, results: dict[str, Any], summary: dict[str, Any], info: dict) -> None:
-    """results.csv, ova_vs_ovo.csv, va_gap.csv (where va-swap or va-exact ran), verdicts.csv,
+    """results.csv, ova_vs_ovo.csv, va_gap.csv (where gap cells ran), verdicts.csv,
     training.csv, plots and report.md."""
     from .va_plots import plots
     from .value_aware import __doc__ as doc
@@ -289,10 +335,10 @@ def report(preset: Any, run_dir: RunDir, results: dict[str, Any], summary: dict[
           doc.split("\n\n", 1)[1].strip(), "",
           f"Device: {info.get('device')}; wall time {info.get('seconds', 0):.0f} s in this session.", "",
           "## Verdicts", "", *([caveat, ""] if caveat else []),
-          *_verdicts(diffs, rows, preset, tests, judged=caveat is None), "",
+          *_verdicts(diffs, rows, preset, tests, judged=caveat is None, gap_rows=summary.get("gaps")), "",
           "## OVA vs OVO (error % points saved = OVO - OVA, 95% CI over the same tokens)", "",
           markdown_table(diffs, list(diffs[0]) if diffs else ["kind"]), "",
-          *gap_lines(summary.get("gaps") or [], rows), "## Plots", "",
+          *gap_lines(summary.get("gaps") or [], preset), "## Plots", "",
           *[line for p in plots(run_dir, rows, preset) for line in (p, "")],
           "## All cells", "",
           markdown_table(rows, ["kind", "kernel", "seed", "method", "r", "loss", "perplexity", "error_pct",

