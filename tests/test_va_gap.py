@@ -90,3 +90,29 @@ def test_gap_cells_order_the_oracles_and_reach_the_report(small_run):
     assert "## How far the value-aware numbers are from the optimum" in md
     assert "**Distance from the optimum (r < D + 1).** Over 32 sampled queries" in md
     assert preset.gap_queries > 0  # the default is on, so an older run folder gains the cells
+
+
+@pytest.mark.parametrize("kernel", ["softmax", "relu"])
+def test_sampled_rows_keep_the_layers_exact_weights(kernel):
+    """The gap cells recompute each sampled query's weights alone, with its visibility as the
+    mask: they equal the full layer's weights, and only rows with more than r keys are drawn."""
+    import torch
+
+    from attnlab.capture import capture_qkv
+    from attnlab.functional import attention
+    from attnlab.models import CausalLM, ModelConfig
+    from attnlab.studies.va_eval import _row_visible, _sample_rows
+
+    model = CausalLM(ModelConfig(vocab_size=40, n_layers=1, d_model=16, n_heads=2, context=12, kernel=kernel))
+    cap = capture_qkv(model, torch.randint(0, 40, (3, 12), generator=torch.Generator().manual_seed(0)))[0]
+    _, p_full = cap.exact(return_weights=True, eps=model.config.attn_eps)
+    counts = _row_visible(cap, None, None, None, 12).sum(-1).flatten()
+    pick = _sample_rows(counts, 2, 20, 0)
+    assert len(pick) == 20 and len(set(pick.tolist())) == 20 and bool((counts[pick] > 2).all())
+    seq, head, pos = pick // 24, (pick // 12) % 2, pick % 12
+    vis = _row_visible(cap, seq, head, pos, 12)
+    assert torch.equal(vis.sum(-1), pos + 1)  # causal: query t sees t + 1 keys
+    _, p = attention(cap.q[seq, head, pos][:, None, None], cap.k[seq, head][:, None], cap.v[seq, head][:, None],
+                     kernel=kernel, attn_mask=vis[:, None, None], scale=cap.scale, eps=model.config.attn_eps,
+                     return_weights=True)
+    torch.testing.assert_close(p[:, 0, 0], p_full[seq, head, pos], atol=1e-6, rtol=1e-5)
