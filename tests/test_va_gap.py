@@ -33,7 +33,10 @@ def test_gap_arithmetic_on_fabricated_cells():
     assert row["greedy_optimal_share"] == pytest.approx(2 / 3)  # certified on 2 of the 3 with va-exact
     assert row["greedy_swap_optimal_share"] == pytest.approx(1.0)  # the 2 others: 1-swap local optima
     assert row["gap_ci_low"] <= row["mean_gap_pct"] <= row["gap_ci_high"]
-    assert "10.0% above" in gap_sentence([row]) and "67% of the 3 queries" in gap_sentence([row])
+    assert row["median_gap_pct"] == 0.0
+    assert row["mean_error_gap_pct"] == pytest.approx(100 * (1.4 / 5 - 1.3 / 5) / (1.3 / 5))
+    text = gap_sentence([row])
+    assert "8% to 8% above" in text and "67% of the 3 queries" in text and "other 2" in text
     assert gaps([_cell(0, [], [], [], [])]) == []
     assert gap_lines([], va.ValueAwarePreset()) == []
 
