@@ -147,11 +147,11 @@ def gap_sentence(gap_rows: list[dict]) -> str | None:
     if not rows:
         return None
     n = sum(g["queries"] for g in rows)
-    pos = [g for g in rows if g["r"] > 1]  # at r = 1 va-greedy takes the nearest value: the optimum
-    n_ex = sum(g["exact_queries"] for g in rows)
-    opt = sum((g["greedy_optimal_share"] or 0) * g["exact_queries"] for g in rows)
-    n_sw = n - n_ex
-    loc = sum((g["greedy_swap_optimal_share"] or 0) * (g["queries"] - g["exact_queries"]) for g in rows)
+    pos = [g for g in rows if g["r"] > 1] or rows  # at r = 1 va-greedy takes the nearest value: the optimum
+    n_ex = sum(g["exact_queries"] for g in pos)
+    opt = sum((g["greedy_optimal_share"] or 0) * g["exact_queries"] for g in pos)
+    n_sw = sum(g["queries"] for g in pos) - n_ex
+    loc = sum((g["greedy_swap_optimal_share"] or 0) * (g["queries"] - g["exact_queries"]) for g in pos)
     parts = [f"certified optimal on {opt / n_ex:.0%} of the {n_ex} queries where va-exact ran"] if n_ex else []
     if n_sw:
         parts.append(f"a 1-swap local optimum on {loc / n_sw:.0%} of the other {n_sw}")
@@ -160,7 +160,7 @@ def gap_sentence(gap_rows: list[dict]) -> str | None:
     return (f"Over {n} sampled queries of the unmodified models, va-greedy's mean relative output error is "
             f"{gaps_[0]:.0f}% to {gaps_[-1]:.0f}% above the best value-aware solver's per (kind, kernel, r > 1) "
             f"(median per-query gap {med[0]:.0f}% to {med[-1]:.0f}%; 0 at r = 1, where va-greedy is the "
-            "optimum); it is " + " and ".join(parts) + ".")
+            "optimum); at r > 1 it is " + " and ".join(parts) + ".")
 
 
 def gap_lines(gap_rows: list[dict], preset: Any) -> list[str]:
