@@ -125,6 +125,27 @@ def test_va_select_auto_skips_unused_greedy_without_changing_output():
     assert not torch.equal(small.output, select(q, k, v, method="va-select", top_k=6, design="refit").output)
 
 
+def test_va_select_sketch_bits_cuts_bytes_not_accuracy():
+    """An 8-bit sketch: m bytes per key instead of 4 m (plus m float scales), output close to the
+    float sketch's; a bad bit count is refused by name."""
+    g = torch.Generator().manual_seed(3)
+    q, k = torch.randn(2, 1, 2, 64, 8, generator=g).unbind(0)
+    v = torch.randn(1, 2, 64, 3, generator=g) @ torch.randn(3, 8, generator=g)  # rank-3 values
+    full = select(q, k, v, method="va-select", top_k=6, sketch_bits=None)
+    q8 = select(q, k, v, method="va-select", top_k=6, sketch_bits=8)
+    rows = full.rows_read.double()
+    n = 64  # every key visible (not causal)
+    scores = (n - rows) * 8 * 4 + rows * 16 * 4
+    assert torch.allclose(full.bytes_read, scores + n * 8 * 4 + 9 * 8 * 4)
+    assert torch.allclose(q8.bytes_read, scores + n * 8 * 1 + 9 * 8 * 4 + 8 * 4)
+    exact = torch.softmax(q @ k.transpose(-1, -2) / 8 ** 0.5, -1) @ v
+    e_full = ((full.output - exact).norm(dim=-1) / exact.norm(dim=-1)).mean()
+    e_8 = ((q8.output - exact).norm(dim=-1) / exact.norm(dim=-1)).mean()
+    assert abs(float(e_8 - e_full)) < 0.02 + 0.1 * float(e_full)
+    with pytest.raises(ValueError, match="sketch_bits"):
+        select(q, k, v, method="va-select", top_k=6, sketch_bits=32)
+
+
 @pytest.mark.parametrize("field, value, match", [
     ("budgets", (0,), "budgets"), ("methods", ("nope",), "methods"), ("n_seqs", 1, "n_seqs"),
     ("swap_queries", 9, "swap_queries"), ("temperatures", (0.0,), "temperatures"), ("n_queries", 100, "n_queries"),
@@ -193,6 +214,11 @@ def test_tiny_preset_end_to_end(tmp_path):
     assert {int(r["budget"]) for r in rows if r["method"] == "va-select"} == set(p.budgets)
     assert list(run.glob("err-vs-budget-*.png")) and list(run.glob("err-vs-bytes-*.png"))
     assert (run / "downstream.csv").is_file()
+    # models_from: the GPT-2 of a sparse run with these settings is copied; other settings are refused
+    if not overrides:
+        assert sparse._copy_gpt2(p, run, tmp_path / "g")["copied_from"].endswith("gpt2-s0")
+        with pytest.raises(ValueError, match="gpt2_steps"):
+            sparse._copy_gpt2(SparsePreset(**{**vars(p), "gpt2_steps": p.gpt2_steps + 1}), run, tmp_path / "g")
     # models_from: a model trained with these settings is copied; one trained otherwise is refused
     from attnlab.studies.va_eval import run_config
 

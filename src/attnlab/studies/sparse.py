@@ -89,7 +89,8 @@ class SparsePreset:
     ``lm_budgets`` on ``lm_seqs`` sequences in the downstream cells. ``gpt2_steps``: the GPT-2's
     training steps. ``models_from``: a run folder of this study or of ``value-aware`` whose
     ``models/<kind>-<kernel>-s<seed>`` were trained with exactly this preset's model, data and
-    training settings: they are copied instead of trained again (a mismatch is refused).
+    training settings: they are copied instead of trained again (a mismatch is refused); the
+    GPT-2 too when it is a sparse run folder whose preset had the same settings.
 
     >>> SparsePreset(budgets=(4, 8), n_seqs=2).budgets
     (4, 8)
@@ -206,7 +207,7 @@ def cells(p: SparsePreset) -> list[Cell]:
         model = {**train, "model": name, "seed": p.seed}
         if name == "gpt2":
             model["steps"] = p.gpt2_steps
-        elif p.models_from is not None:
+        if p.models_from is not None:
             model["models_from"] = p.models_from
         out.append(Cell(f"train/{name}", model))
         lm_models.append((name, model))
@@ -457,7 +458,8 @@ def _copy_model(cfg: Any, src: Path, dst: Path) -> dict[str, Any]:
     from .approx_methods import load_trained_model
 
     _, theirs = load_trained_model(src)
-    ignore = {"out_dir", "device", "log_every", "progress", "vocab_size"}  # vocab: set by the data config
+    # how a run is logged and checkpointed does not change the model; vocab_size is set by the data config
+    ignore = {"out_dir", "device", "log_every", "progress", "ckpt_every", "keep_checkpoints", "vocab_size"}
     diff = [f"{part}.{k}" for part in ("model", "data", "train")
             for k, v in dataclasses.asdict(getattr(cfg, part)).items()
             if k not in ignore and dataclasses.asdict(getattr(theirs, part)).get(k) != v]
@@ -470,6 +472,31 @@ def _copy_model(cfg: Any, src: Path, dst: Path) -> dict[str, Any]:
     return {"train_loss": json.loads(metrics[-1]).get("loss") if metrics else None, "copied_from": str(src)}
 
 
+def _copy_gpt2(p: SparsePreset, run: Path, dst: Path) -> dict[str, Any]:
+    """Copy the GPT-2 of the sparse run folder ``run`` if that run's preset trained it with this
+    preset's settings (model size, context, data, optimization, gpt2_steps, seed).
+
+    Raises:
+        ValueError: no such model, or one trained otherwise (the differing fields named).
+    """
+    import json
+    import shutil
+
+    src = _model_dir(run, "gpt2", p.seed)
+    info = run / "run.json"
+    if not (src / "config.json").is_file() or not info.is_file():
+        raise ValueError(f"models_from: {str(run)!r} holds no GPT-2 of seed {p.seed} (a sparse run folder has one)")
+    theirs = json.loads(info.read_text()).get("config", {})
+    fields = (*TRAIN_FIELDS, "gpt2_steps", "seed")
+    diff = [f for f in fields if f != "steps" and theirs.get(f) != getattr(p, f)]
+    if diff:
+        raise ValueError(f"models_from: the GPT-2 of {str(run)!r} was trained with other settings ({', '.join(diff)})")
+    if dst.exists():
+        shutil.rmtree(dst)
+    shutil.copytree(src, dst)
+    return {"train_loss": None, "copied_from": str(src)}
+
+
 def run_cell(p: SparsePreset, cell: Cell, ctx: CellContext) -> dict[str, Any]:
     """Train a model, measure one source's errors, or evaluate one model with a method in every layer."""
     c = cell.config
@@ -477,6 +504,8 @@ def run_cell(p: SparsePreset, cell: Cell, ctx: CellContext) -> dict[str, Any]:
     if cell.key.startswith("train/"):
         out_dir = _model_dir(ctx.run_path, c["model"], c["seed"])
         if c["model"] == "gpt2":
+            if c.get("models_from"):
+                return {**_copy_gpt2(p, Path(c["models_from"]), out_dir), "seconds": time.perf_counter() - t0}
             return {**_train_gpt2(p, out_dir, ctx.device), "seconds": time.perf_counter() - t0}
         from ..checkpoints import find_checkpoint
         from ..train import train
