@@ -121,7 +121,7 @@ def test_every_yaml_preset_builds_and_names_are_checked(tmp_path):
         assert {"tiny", "quick", "paper"} <= set(base.preset_names(name))
         for preset in base.preset_names(name):
             assert isinstance(base.load_preset(name, preset), base.get_study(name).preset_type)
-    with pytest.raises(ValueError, match=r"preset must be one of \['paper', 'quick', 'tiny'\]"):
+    with pytest.raises(ValueError, match=re.escape(f"preset must be one of {sorted(base.preset_names('ladder'))}")):
         base.load_preset("ladder", "huge")
     custom = tmp_path / "mine.yaml"
     custom.write_text("levels: {recall: [1, 2]}\nsteps: 40\n")

@@ -175,10 +175,11 @@ def run_cell(preset: LadderPreset, cell: Cell, ctx: CellContext) -> dict[str, An
 
     c = cell.config
     result = train_cell(preset, c["task"], c["level"], c["kernel"], c["seed"], ctx.run_path, device=ctx.device)
-    *older, last = sorted((ctx.run_path / "cells" / cell.key / "checkpoints").glob("step_*"))
-    for folder in older:
+    steps = sorted((ctx.run_path / "cells" / cell.key / "checkpoints").glob("step_*"))
+    for folder in steps[:-1]:
         shutil.rmtree(folder)
-    (last / "state.pt").unlink(missing_ok=True)
+    for folder in steps[-1:]:
+        (folder / "state.pt").unlink(missing_ok=True)
     return result
 
 

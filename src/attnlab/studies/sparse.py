@@ -362,8 +362,8 @@ def measure_layer(q: Tensor, k: Tensor, v: Tensor, *, methods: Sequence[str], bu
 def gap_closed(err_topk: float, err: float, err_oracle: float, *, tol: float = 1e-12) -> float:
     """(err_topk - err) / (err_topk - err_oracle); NaN where the gap is below ``tol``.
 
-    >>> gap_closed(0.4, 0.2, 0.0), gap_closed(0.4, 0.5, 0.2), math.isnan(gap_closed(0.3, 0.1, 0.3))
-    (0.5, -0.5, True)
+    >>> gap_closed(0.4, 0.2, 0.0), gap_closed(0.5, 0.75, 0.25), math.isnan(gap_closed(0.3, 0.1, 0.3))
+    (0.5, -1.0, True)
     """
     gap = err_topk - err_oracle
     return (err_topk - err) / gap if gap > tol else math.nan
