@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import csv
 import json
+from pathlib import Path
 
 import pytest
 
@@ -62,7 +63,16 @@ def small_run(tmp_path_factory):
     return run_dir
 
 
-def test_resume_adds_only_the_gap_cells(small_run, monkeypatch):
+def _copy(run_dir, tmp_path):
+    """A private copy of the module's run folder: each test resumes its own, so the tests pass in
+    any order and on any xdist worker."""
+    import shutil
+
+    return Path(shutil.copytree(run_dir, tmp_path / run_dir.name))
+
+
+def test_resume_adds_only_the_gap_cells(small_run, tmp_path, monkeypatch):
+    small_run = _copy(small_run, tmp_path)
     before = {p.name: (p.stat().st_mtime_ns, p.read_text()) for p in (small_run / "results").glob("*.json")}
     monkeypatch.setattr(va, "evaluate_tokens", lambda *a, **k: pytest.fail("an eval cell was recomputed"))
     monkeypatch.setattr("attnlab.train.train", lambda *a, **k: pytest.fail("a training was recomputed"))
@@ -72,7 +82,9 @@ def test_resume_adds_only_the_gap_cells(small_run, monkeypatch):
     assert sorted(set(after) - set(before)) == ["gap~causal~softmax~s0~r=2.json", "gap~masked~softmax~s0~r=2.json"]
 
 
-def test_gap_cells_order_the_oracles_and_reach_the_report(small_run):
+def test_gap_cells_order_the_oracles_and_reach_the_report(small_run, tmp_path):
+    small_run = _copy(small_run, tmp_path)
+    assert va.run(resume=str(small_run)) == small_run  # adds the gap cells and the report's table
     preset = va.ValueAwarePreset(**SMALL)
     for path in sorted((small_run / "results").glob("gap~*.json")):
         res = json.loads(path.read_text())["result"]
