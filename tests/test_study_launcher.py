@@ -75,6 +75,8 @@ def test_jobs_run_every_cell_once_in_worker_processes(tmp_path):
     assert {"torch", "python", "git_commit", "device", "processor"} <= set(info["environment"])
     (session,) = info["sessions"]
     assert session["jobs"] == 2 and session["cells_run"] == 7 and session["device"] == "cpu"
+    assert session["started"] <= session["finished"]  # recorded when the session began, not at its end
+    assert session["git_commit"] == info["environment"]["git_commit"]  # each session names the code it ran
 
 
 def test_resume_after_a_failure_recomputes_no_finished_cell(tmp_path, monkeypatch):

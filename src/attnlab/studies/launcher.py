@@ -191,6 +191,7 @@ def run_study(name: str, preset: Any = "quick", *, out: str | os.PathLike[str] =
     own = getattr(p, "threads", None)  # the preset's threads per cell, else the CPUs split over the jobs
     threads = own or max(1, torch.get_num_threads() // jobs)
     lock, start, saved_before = _Lock(run_dir.path), time.perf_counter(), len(run_dir.saved())
+    started = time.strftime("%Y-%m-%d %H:%M:%S")
     cell_devices: dict[str, str] = {}
     try:
         cells = study.cells(p)
@@ -215,7 +216,11 @@ def run_study(name: str, preset: Any = "quick", *, out: str | os.PathLike[str] =
         study.report(p, run_dir, results, summary, {"preset": preset_name, "seconds": seconds, "device": device})
     finally:
         sessions = run_dir.info.get("sessions", [])
-        sessions.append({"started": time.strftime("%Y-%m-%d %H:%M:%S"), "device": device, "devices": devices,
+        from ..provenance import git_commit
+
+        # each session's own commit: a resume may run newer code than the run's first session
+        sessions.append({"started": started, "finished": time.strftime("%Y-%m-%d %H:%M:%S"),
+                         "git_commit": git_commit(), "device": device, "devices": devices,
                          "jobs": jobs, "threads": threads, "cells_run": len(run_dir.saved()) - saved_before,
                          "cell_devices": cell_devices, "seconds": round(time.perf_counter() - start, 1),
                          "argv": sys.argv})
