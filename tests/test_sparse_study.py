@@ -228,3 +228,20 @@ def test_tiny_preset_end_to_end(tmp_path):
     other = run_config(SparsePreset(**{**vars(p), "steps": p.steps + 1}), "causal", "softmax", tmp_path / "x", 0)
     with pytest.raises(ValueError, match=r"train\.steps"):
         sparse._copy_model(other, src, tmp_path / "x")
+
+
+def test_targets_carry_three_valued_verdicts_from_their_cis():
+    p = SparsePreset(methods=("va-select",), budgets=(4,), kinds=(), minilm=False, gpt2=False)
+    mine = [{"source": f"s{i}", "budget": 4, "method": "va-select", "err": 0.1, "err_topk": 0.4,
+             "gap_closed": g, "diff_ci_low": 0.2, "diff_ci_high": 0.4} for i, g in enumerate((0.9, 0.95, 0.92))]
+    won = [{"source": f"s{i}", "budget": 4, "va_select_best": True} for i in range(20)]
+    t = {v["target"].split()[0]: v for v in targets(mine, won, p) if v["scope"] == "models"}
+    assert [t[k]["verdict"] for k in ("va-select", "mean", "best")] == ["supported"] * 3
+    mine[0]["diff_ci_low"], mine[0]["diff_ci_high"] = -0.3, -0.1  # one cell worse than top-k, CI below 0
+    lost = [{**e, "va_select_best": False} for e in won]
+    t = {v["target"].split()[0]: v for v in targets([{**r, "gap_closed": 0.1 + 0.01 * i} for i, r in enumerate(mine)],
+                                                    lost, p) if v["scope"] == "models"}
+    assert [t[k]["verdict"] for k in ("va-select", "mean", "best")] == ["not supported"] * 3
+    mine[0]["diff_ci_low"], mine[0]["diff_ci_high"] = -0.1, 0.3  # the CI straddles 0: not settled
+    t = {v["target"].split()[0]: v for v in targets(mine, won[:3], p) if v["scope"] == "models"}
+    assert t["va-select"]["verdict"] == "inconclusive" and t["best"]["verdict"] == "inconclusive"  # 3/3: CI from .29
