@@ -188,7 +188,7 @@ def _swap_rows(lay: Layout, r: int, max_iter: int, chunk: int) -> tuple[Tensor, 
         Wi = W.unsqueeze(-3).expand(*W.shape[:2], r, r, W.shape[-1])
         bi, ei, e2i = b_out, W.new_zeros(Wi.shape[:-2] + Wi.shape[-1:]), err2.new_zeros(b_out.shape[:-1])
         if not bool(live.all()):  # refit only the rows still searching (the others have no candidates)
-            bi, ei, e2i = bi.clone(), ei, e2i
+            bi = bi.clone()
             bi[live], ei[live], e2i[live] = _refit(Wi[live], b_out[live], ~eye.expand(b_out[live].shape))
         else:
             bi, ei, e2i = _refit(Wi, b_out, ~eye.expand(b_out.shape))

@@ -60,6 +60,7 @@ from torch import Tensor
 from .._strict import check_field_types
 from ..config import check_run_fields
 from .base import Cell, CellContext, PresetTable, Study, register_study
+from .va_eval import TRAIN_FIELDS  # the models are trained as the value-aware study trains them
 
 __all__ = ["PRESETS", "STUDY", "SparsePreset", "cells", "gap_closed", "main", "measure_layer", "minilm_path",
            "run", "run_cell"]
@@ -69,7 +70,6 @@ ALL_METHODS = ("quest", "h2o", "streaming-llm", "vatp", "caote", "caote-est", "e
                "magicpig", "va-select")
 #: Selectors whose score uses the earlier queries of the call: run on every query, measured on the sample.
 HISTORY = ("h2o",)
-TRAIN_FIELDS = ("n_layers", "d_model", "n_heads", "context", "steps", "batch_size", "lr", "warmup_steps", "max_bytes")
 MEASURE_FIELDS = ("methods", "budgets", "n_seqs", "n_queries", "swap_queries", "bytes_budgets", "seed")
 
 

@@ -23,7 +23,7 @@ from ..metrics import skewness
 from ..models import ModelConfig
 from .approx_methods import method_output
 
-__all__ = ["LayerProbe", "evaluate_tokens", "hf_tokens", "oracle_gaps", "run_config", "source_for"]
+__all__ = ["TRAIN_FIELDS", "LayerProbe", "evaluate_tokens", "hf_tokens", "oracle_gaps", "run_config", "source_for"]
 
 
 class LayerProbe:
@@ -55,6 +55,10 @@ class LayerProbe:
         acc[2] += float(skewness(p.detach().double(), visible=vis).sum())
         acc[3] += p.shape[:-1].numel()
         return out
+
+
+#: the preset fields :func:`run_config` trains a model from (value-aware and sparse studies alike)
+TRAIN_FIELDS = ("n_layers", "d_model", "n_heads", "context", "steps", "batch_size", "lr", "warmup_steps", "max_bytes")
 
 
 def run_config(preset: Any, kind: str, kernel: str, out_dir: Path, seed: int, device: str = "cpu") -> Any:

@@ -35,7 +35,7 @@ from .._strict import check_field_types
 from ..config import check_run_fields
 from .approx_methods import load_trained_model, skip_reason
 from .base import Cell, CellContext, PresetTable, Study, register_study
-from .va_eval import LayerProbe, evaluate_tokens, hf_tokens, oracle_gaps, run_config, source_for
+from .va_eval import TRAIN_FIELDS, LayerProbe, evaluate_tokens, hf_tokens, oracle_gaps, run_config, source_for
 from .va_report import SMOKE_STEPS, report, smoke_caveat, summarize
 
 __all__ = ["PRESETS", "SMOKE_STEPS", "STUDY", "LayerProbe", "ValueAwarePreset", "cells", "main", "run", "run_cell",
@@ -118,7 +118,6 @@ class ValueAwarePreset:
 
 
 PRESETS: Mapping[str, ValueAwarePreset] = PresetTable("value-aware")
-TRAIN_FIELDS = ("n_layers", "d_model", "n_heads", "context", "steps", "batch_size", "lr", "warmup_steps", "max_bytes")
 EVAL_FIELDS = ("eval_batches", "eval_batch_size", "features_per_r", "va_exact_max_subsets")
 GAP_FIELDS = ("eval_batches", "eval_batch_size", "gap_queries", "gap_exact_max_subsets")
 
