@@ -299,3 +299,14 @@ def test_the_device_reaches_every_train_and_eval_call(tmp_path, monkeypatch):
     assert len(trained) == 2 and set(trained) <= {"cuda:1", "cuda"} and all(d.startswith("cuda") for d in trained)
     assert evaluated == ["cuda:1"]  # value-aware evaluation
     assert moved == ["cuda:1"]  # the ladder's final evaluation moves its model to the device
+
+
+def test_checkpoint_every_is_a_tenth_and_refuses_bad_counts():
+    assert [base.checkpoint_every(n) for n in (1, 9, 10, 20000)] == [1, 1, 1, 2000]
+    assert base.checkpoint_every(100, pieces=4) == 25
+    with pytest.raises(ValueError, match="pieces must be >= 1"):
+        base.checkpoint_every(100, pieces=0)
+    with pytest.raises(ValueError, match="steps must be >= 1"):
+        base.checkpoint_every(0)
+    with pytest.raises(TypeError, match="steps must be an int"):
+        base.checkpoint_every(10.0)

@@ -176,8 +176,13 @@ def checkpoint_every(steps: int, pieces: int = 10) -> int:
 
     >>> checkpoint_every(20000), checkpoint_every(5)
     (2000, 1)
+
+    Raises:
+        TypeError, ValueError: ``steps`` or ``pieces`` is not an int >= 1.
     """
-    return max(1, steps // pieces)
+    from .._checks import check_int
+
+    return max(1, check_int("steps", steps, 1) // check_int("pieces", pieces, 1))
 
 
 def preset_from(preset_type: type, values: Mapping[str, Any]) -> Any:
