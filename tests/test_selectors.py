@@ -312,3 +312,101 @@ def test_registered_approximation_lists_and_checks_the_method_options():
         front(q, k, v, method="h2o", top_k=4, page_size=4)
     a = front(q, k, v, method="vattention", top_k=4, generator=torch.Generator().manual_seed(2))
     torch.testing.assert_close(a, select(q, k, v, method="vattention", top_k=4, seed=2).output)
+
+
+def _take_reference(crit, allowed, count):
+    """The count largest by a stable full sort (ties by lower index): what take promises."""
+    masked = torch.where(allowed, crit, -torch.inf)
+    order = masked.argsort(dim=-1, descending=True, stable=True)
+    rank = torch.empty_like(order).scatter_(-1, order, torch.arange(crit.shape[-1]).expand_as(order).contiguous())
+    count = torch.as_tensor(count)
+    return allowed & (rank < (count.unsqueeze(-1) if count.ndim else count))
+
+
+def test_take_is_a_stable_top_count_with_ties_by_lower_index():
+    from attnlab.approx.selectors.blocks import take
+
+    g = torch.Generator().manual_seed(0)
+    for trial in range(200):
+        S = int(torch.randint(1, 30, (1,), generator=g))
+        crit = torch.randint(-2, 3, (3, 5, S), generator=g).double()  # many ties
+        if trial % 3 == 0:
+            crit = torch.randn(3, 5, S, generator=g, dtype=torch.float64)
+        allowed = torch.rand(3, 5, S, generator=g) < 0.7
+        count = int(torch.randint(0, S + 3, (1,), generator=g)) if trial % 2 else torch.randint(0, S + 3, (3, 5),
+                                                                                                  generator=g)
+        assert torch.equal(take(crit, allowed, count), _take_reference(crit, allowed, count)), trial
+
+
+def test_project_simplex_is_the_euclidean_projection():
+    from attnlab.approx.simplex import _project_simplex
+
+    g = torch.Generator().manual_seed(0)
+    y = torch.randn(200, 7, generator=g, dtype=torch.float64) * 2
+    x = _project_simplex(y)
+    assert (x >= 0).all() and torch.allclose(x.sum(-1), torch.ones(200, dtype=torch.float64))
+    # optimality: x = max(y - theta, 0) for one theta per row (KKT of the projection)
+    for r in range(200):
+        pos = x[r] > 0
+        th = (y[r] - x[r])[pos]
+        assert torch.allclose(th, th[0].expand_as(th))
+        assert (y[r][~pos] <= th[0] + 1e-12).all()
+    p = torch.softmax(y, -1)
+    torch.testing.assert_close(_project_simplex(p), p)  # a point of the simplex is its own projection
+
+
+def test_pg_refit_stays_feasible_never_loses_to_its_start_and_reaches_the_exact_optimum():
+    from attnlab.approx.simplex import _pg_refit, _refit
+
+    g = torch.Generator().manual_seed(3)
+    W = torch.randn(64, 40, 6, generator=g, dtype=torch.float64) + 0.4
+    b0 = torch.softmax(torch.randn(64, 40, generator=g, dtype=torch.float64), -1)
+    f0 = (torch.einsum("rk,rkd->rd", b0, W) ** 2).sum(-1)
+    _, _, f_exact = _refit(W, b0)
+    for iters in (1, 5, 30):
+        b, e, f = _pg_refit(W, b0, iters)
+        assert (b >= 0).all() and torch.allclose(b.sum(-1), torch.ones(64, dtype=torch.float64))
+        torch.testing.assert_close(e, torch.einsum("rk,rkd->rd", b, W))
+        assert (f <= f0 + 1e-12).all() and (f >= f_exact - 1e-9).all()
+    _, _, f_long = _pg_refit(W, b0, 3000)  # converges: within 0.1% of the gain from b0 to the optimum
+    assert ((f_long - f_exact) <= 1e-3 * (f0 - f_exact) + 1e-12).all()
+
+
+def test_va_select_sketch_is_built_apart_and_a_prebuilt_one_gives_the_same_selection():
+    import inspect
+
+    from attnlab.approx.registry import get_approximation
+    from attnlab.approx.selectors import timed_select
+    from attnlab.approx.selectors.harness import _context
+    from attnlab.approx.selectors.va_select import va_select, va_sketch
+    from attnlab.kernels import get_kernel
+
+    q, k, v = _lowrank(L=24, S=48)
+    sel, seconds = timed_select(q, k, v, method="va-select", top_k=6)
+    assert sel.build_seconds > 0 and seconds > 0
+    assert select(q, k, v, method="topk", top_k=6).build_seconds == 0
+    ctx = _context(q, k, v, get_kernel("softmax"), None, False, None, False, 1e-6, None, 0)[0]
+    built = va_select(ctx, 6, sketch_dim=3)
+    given = va_select(ctx, 6, sketch_dim=3, summary=va_sketch(ctx, sketch_dim=3))
+    assert torch.equal(built.used, given.used) and torch.equal(built.coef, given.coef)
+    assert "summary" not in inspect.signature(get_approximation("va-select")).parameters
+
+
+@pytest.mark.parametrize("top_k", [6, 40])  # the greedy design (exact refits) and the refit design (PG)
+def test_va_select_fast_solvers_stay_close_to_the_exact_ones(top_k):
+    q, k, v = _lowrank(L=24, S=64)
+    exact = attnlab.attention(q, k, v)
+    slow = select(q, k, v, method="va-select", top_k=top_k, corrective=True, refit_iters=None)
+    fast = select(q, k, v, method="va-select", top_k=top_k)
+    topk = select(q, k, v, method="topk", top_k=top_k)
+    e_slow, e_fast, e_topk = (_err(exact, s.output) for s in (slow, fast, topk))
+    assert e_fast < e_topk
+    assert e_fast <= e_slow + 0.25 * (e_topk - e_slow)  # keeps at least 3/4 of the exact solver's gain
+
+
+@pytest.mark.parametrize(("option", "value", "error"), [
+    ("refit_iters", 0, ValueError), ("refit_iters", 2.5, TypeError), ("corrective", 1, TypeError)])
+def test_va_select_solver_options_are_checked_by_name(option, value, error):
+    q, k, v = _qkv()
+    with pytest.raises(error, match=option):
+        select(q, k, v, method="va-select", top_k=4, **{option: value})

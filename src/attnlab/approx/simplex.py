@@ -85,14 +85,15 @@ def simplex_least_squares(M: Tensor, b: Tensor, allowed: Tensor | None = None,
     return b
 
 
-def _refit(W: Tensor, b0: Tensor, allowed: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
+def _refit(W: Tensor, b0: Tensor, allowed: Tensor | None = None,
+           max_iter: int | None = None) -> tuple[Tensor, Tensor, Tensor]:
     """Exact simplex fit on the slots of W (..., k, D_v) from feasible b0 (..., k).
 
     Returns (b, e, err2): weights, error vector e = b^T W and ||e||^2."""
     k = W.shape[-2]
     M = W @ W.transpose(-1, -2)
     flat = None if allowed is None else allowed.reshape(-1, k)
-    b = simplex_least_squares(M.reshape(-1, k, k), b0.reshape(-1, k), flat).view(b0.shape)
+    b = simplex_least_squares(M.reshape(-1, k, k), b0.reshape(-1, k), flat, max_iter).view(b0.shape)
     e = torch.einsum("...k,...kd->...d", b, W)
     return b, e, (e * e).sum(-1)
 
@@ -169,3 +170,48 @@ def _exact_support(lay: Layout, rows: Tensor, r: int) -> tuple[Tensor, Tensor, T
     bf, _, e2f = _refit(W, b)  # the optimum on the support, but its ridge costs up to ~lambda
     keep = (e * e).sum(-1) <= e2f  # the reduction's own weights are exact up to rounding
     return idx, torch.where(keep[:, None], b, bf), W, torch.where(keep, (e * e).sum(-1), e2f)
+
+
+def _project_simplex(y: Tensor) -> Tensor:
+    """Euclidean projection of each row of y (..., k) onto the probability simplex (sort-based:
+    x = max(y - theta, 0) with theta from the largest prefix whose shifted entries stay positive)."""
+    u = y.sort(-1, descending=True).values
+    css = u.cumsum(-1) - 1
+    ind = torch.arange(1, y.shape[-1] + 1, device=y.device, dtype=y.dtype)
+    rho = ((u - css / ind) > 0).sum(-1, keepdim=True).clamp_min(1)
+    theta = css.gather(-1, rho - 1) / rho.to(y.dtype)
+    return (y - theta).clamp_min(0)
+
+
+def _pg_refit(W: Tensor, b0: Tensor, iters: int) -> tuple[Tensor, Tensor, Tensor]:
+    """``iters`` accelerated projected-gradient steps (FISTA with a function-value restart) on
+    min ||b^T W||^2 over the simplex from feasible b0; a fixed-cost stand-in for :func:`_refit`.
+
+    The step is 1 / (2 lambda_max(W^T W)), lambda_max from power iteration. Each iteration
+    costs O(k D_v) per row. Returns (b, e, err2) as :func:`_refit`, and never returns a b worse
+    than b0."""
+    G = W.transpose(-1, -2) @ W  # (..., D_v, D_v)
+    x = torch.ones(*G.shape[:-1], 1, dtype=W.dtype, device=W.device)
+    for _ in range(12):
+        x = G @ x
+        x = x / x.norm(dim=-2, keepdim=True).clamp_min(torch.finfo(W.dtype).tiny)
+    lam = (x.transpose(-1, -2) @ G @ x).squeeze(-1) * 1.05 + torch.finfo(W.dtype).tiny  # (..., 1)
+    b = b0
+    e = torch.einsum("...k,...kd->...d", b, W)
+    f = (e * e).sum(-1)
+    y, t = b, 1.0
+    for _ in range(iters):
+        ey = torch.einsum("...k,...kd->...d", y, W)
+        grad = torch.einsum("...kd,...d->...k", W, ey)  # half the gradient
+        bn = _project_simplex(y - grad / lam)
+        en = torch.einsum("...k,...kd->...d", bn, W)
+        fn = (en * en).sum(-1)
+        worse = fn > f
+        tn = (1 + (1 + 4 * t * t) ** 0.5) / 2
+        y = torch.where(worse.unsqueeze(-1), b, bn + (t - 1) / tn * (bn - b))  # restart where it rose
+        keep = worse.unsqueeze(-1)
+        b, e, f = torch.where(keep, b, bn), torch.where(keep, e, en), torch.where(worse, f, fn)
+        t = tn
+    return b, e, f
+
+

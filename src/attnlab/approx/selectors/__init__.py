@@ -35,7 +35,7 @@ from .magicpig import magicpig
 from .quest import quest
 from .streaming import streaming_llm
 from .topk import topk
-from .va_select import va_select
+from .va_select import va_select, va_sketch
 from .vatp import vatp
 from .vattention import vattention
 
@@ -65,7 +65,8 @@ for _name, _fn, _softmax, _sampled in [
     ("magicpig", magicpig, True, True),
     ("va-select", va_select, False, False),
 ]:
-    register_selector(_name, _fn, softmax_only=_softmax, sampled=_sampled)
+    register_selector(_name, _fn, softmax_only=_softmax, sampled=_sampled,
+                      summarize=va_sketch if _fn is va_select else None)
 
 #: The selectors registered as approximations (``topk`` is registered already, trainable).
 REGISTERED = [name for name in SELECTORS if name != "topk"]

@@ -117,6 +117,9 @@ class Selection:
         summary_bytes, bytes_read: (B..., H, L) float64 (see the module docstring).
         numerator: (B..., H, L, D_v), denominator: (B..., H, L): the ratio's two estimators.
         method: the selector's name; oracle: it scores every key exactly (``scores_all``).
+        build_seconds: wall seconds spent building the method's per-key summaries (its
+            ``summarize`` hook: what a KV cache computes once when keys are written), not part
+            of :func:`timed_select`'s selection time; 0 for methods without the hook.
     """
 
     output: Tensor
@@ -130,6 +133,7 @@ class Selection:
     denominator: Tensor
     method: str
     oracle: bool
+    build_seconds: float = 0.0
 
 
 Selector = Callable[..., Picked]
@@ -141,14 +145,21 @@ class _Entry:
     softmax_only: bool
     sampled: bool
     options: Mapping[str, object] = field(default_factory=dict)
+    summarize: Callable[..., object] | None = None
 
 
 SELECTORS: dict[str, _Entry] = {}
 
 
-def register_selector(name: str, fn: Selector, *, softmax_only: bool = False, sampled: bool = False) -> Selector:
-    """Enrol ``fn(ctx, top_k, **options) -> Picked`` in the harness under ``name``."""
-    SELECTORS[name] = _Entry(fn, softmax_only, sampled)
+def register_selector(name: str, fn: Selector, *, softmax_only: bool = False, sampled: bool = False,
+                      summarize: Callable[..., object] | None = None) -> Selector:
+    """Enrol ``fn(ctx, top_k, **options) -> Picked`` in the harness under ``name``.
+
+    ``summarize(ctx, **options)``: builds the method's per-key summaries (what a KV cache would
+    compute once, when the keys are written); the harness calls it before the selection's clock
+    and passes its result as ``fn(..., summary=...)``, and reports its time as
+    ``Selection.build_seconds``."""
+    SELECTORS[name] = _Entry(fn, softmax_only, sampled, summarize=summarize)
     return fn
 
 
@@ -232,13 +243,18 @@ def timed_select(query: Tensor, key: Tensor, value: Tensor, *, method: str, top_
     with torch.no_grad():
         ctx, out_shape = _context(query, key, value, kern, attn_mask, is_causal, scale, enable_gqa, eps,
                                   generator, seed)
+        build = 0.0
+        if entry.summarize is not None:
+            t0 = time.perf_counter()
+            options = {**options, "summary": entry.summarize(ctx, **options)}
+            build = time.perf_counter() - t0
         t0 = time.perf_counter()
         picked = entry.fn(ctx, top_k, **options)
         seconds = time.perf_counter() - t0
-        return _finish(ctx, picked, top_k, out_shape, method, query.dtype), seconds
+        return _finish(ctx, picked, top_k, out_shape, method, query.dtype, build), seconds
 
 
-def _finish(ctx: Context, pk: Picked, top_k: int, out_shape, method: str, dtype) -> Selection:
+def _finish(ctx: Context, pk: Picked, top_k: int, out_shape, method: str, dtype, build: float = 0.0) -> Selection:
     vis, a = ctx.visible, ctx.a
     n_vis = ctx.n_visible
     full = (n_vis <= top_k).unsqueeze(-1)  # the row may read every key it sees: exact attention
@@ -280,6 +296,7 @@ def _finish(ctx: Context, pk: Picked, top_k: int, out_shape, method: str, dtype)
         denominator=back(den),
         method=method,
         oracle=pk.scores_all,
+        build_seconds=build,
     )
 
 
@@ -299,7 +316,8 @@ def make_approximation(name: str) -> Callable[..., Tensor]:
     fn = SELECTORS[name].fn
     # the signature shows (and approximate_attention checks) the method's own options by name
     base = [p for p in inspect.signature(approximation).parameters.values() if p.kind is not p.VAR_KEYWORD]
-    own = list(inspect.signature(fn).parameters.values())[2:]  # after ctx, top_k
+    own = [p for p in list(inspect.signature(fn).parameters.values())[2:]  # after ctx, top_k
+           if p.name != "summary"]  # the harness builds it
     approximation.__signature__ = inspect.Signature(base + own, return_annotation=Tensor)
     approximation.__name__ = approximation.__qualname__ = name.replace("-", "_") + "_attention"
     approximation.__module__ = fn.__module__

@@ -107,16 +107,18 @@ bytes on held-out sequences; it motivated looking). Selector time: about 370x to
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 
 from ..._checks import check_int
-from ..simplex import _refit
-from .blocks import key_bytes, take
+from ..simplex import _pg_refit, _refit
+from .blocks import key_bytes
 from .harness import Context, Picked
 
 DESIGNS = ("auto", "refit", "greedy", "greedy-all")
 SKETCHES = ("pca", "page", "none")
+EXACT_SLOTS = 32  # refits of up to this many keys are exact; larger ones take refit_iters PG steps
 
 
 def _quantize(c: torch.Tensor, bits: int) -> torch.Tensor:
@@ -127,43 +129,110 @@ def _quantize(c: torch.Tensor, bits: int) -> torch.Tensor:
     return (c / scale).round().clamp(-levels, levels) * scale
 
 
-def _sketch(ctx: Context, kind: str, m: int, page_size: int, bits: int | None = None):
-    """v~ (N, H, 1, S, D_v) and the summary bytes per query (``bits``: the PCA coefficients
-    quantized to that many bits, :func:`_quantize`; None: kept in the input's dtype)."""
+@dataclass(frozen=True)
+class Sketch:
+    """The per-key value summary of one call: v~_j = ``mean`` + ``coef``_j ``basis``^T
+    (``pca``: mean (N, H, 1, 1, D_v), basis (N, H, 1, D_v, m), coef (N, H, 1, S, m); ``page``:
+    basis = I and coef = the key's page mean, mean 0; ``none``: all zero, v~ = 0), its
+    bytes per query (N, H_kv, G, L) and the share of the centered value variance the basis
+    explains (``pca`` only, (N, H, 1))."""
+
+    mean: torch.Tensor
+    basis: torch.Tensor
+    coef: torch.Tensor
+    bytes: torch.Tensor
+    explained: torch.Tensor | None = None
+
+    def weighted_sum(self, w: torch.Tensor) -> torch.Tensor:
+        """sum_j w_j v~_j for weights w (N, H, G, L, S): O(S m) per row."""
+        return (w @ self.coef) @ self.basis.transpose(-1, -2) + w.sum(-1, keepdim=True) * self.mean
+
+    def rows(self, head: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+        """v~ of keys ``idx`` (R, C) of the flattened (batch, head) ``head`` (R,): (R, C, D_v)."""
+        NH = self.coef.shape[0] * self.coef.shape[1]
+        c = self.coef.reshape(NH, *self.coef.shape[-2:])[head.unsqueeze(-1), idx]
+        U = self.basis.reshape(NH, *self.basis.shape[-2:])[head]
+        return c @ U.transpose(-1, -2) + self.mean.reshape(NH, 1, -1)[head]
+
+
+def _options(design: str = "auto", sketch: str = "pca", sketch_dim: int = 8, head_fraction: float = 0.5,
+             candidates: int = 4, page_size: int = 16, explained: float = 0.0, sketch_bits: int | None = 8,
+             corrective: bool = False, refit_iters: int | None = 60) -> dict:
+    """The validated options of :func:`va_select` (raises before any work)."""
+    if design not in DESIGNS:
+        raise ValueError(f"design must be one of {DESIGNS}, got {design!r}")
+    if sketch not in SKETCHES:
+        raise ValueError(f"sketch must be one of {SKETCHES}, got {sketch!r}")
+    if design == "auto" and sketch != "pca":
+        raise ValueError(f"design 'auto' needs sketch 'pca', got sketch {sketch!r}")
+    if isinstance(explained, bool) or not isinstance(explained, (int, float)) or not 0 <= explained <= 1:
+        raise ValueError(f"explained must be in [0, 1], got {explained!r}")
+    if isinstance(head_fraction, bool) or not isinstance(head_fraction, (int, float)) or not 0 < head_fraction <= 1:
+        raise ValueError(f"head_fraction must be in (0, 1], got {head_fraction!r}")
+    bits = None if sketch_bits is None else check_int("sketch_bits", sketch_bits, 2)
+    if bits is not None and bits > 16:
+        raise ValueError(f"sketch_bits must be None or in [2, 16], got {bits}")
+    if refit_iters is not None:
+        check_int("refit_iters", refit_iters, 1)
+    if not isinstance(corrective, bool):
+        raise TypeError(f"corrective must be a bool, got {type(corrective).__name__}")
+    return dict(design=design, sketch=sketch, sketch_dim=check_int("sketch_dim", sketch_dim, 1),
+                head_fraction=head_fraction, candidates=check_int("candidates", candidates, 1),
+                page_size=check_int("page_size", page_size, 1), explained=explained, sketch_bits=bits,
+                corrective=corrective, refit_iters=refit_iters)
+
+
+def va_sketch(ctx: Context, **options: object) -> Sketch:
+    """The value sketch of :func:`va_select` with these options: its per-key summary, built once
+    per KV cache (the harness times it apart from the selection; see ``Selection.build_seconds``)."""
+    o = _options(**options)
     v = ctx.v
     Dv = v.shape[-1]
-    if kind == "none":
-        return torch.zeros_like(v), torch.zeros(ctx.n_visible.shape, dtype=torch.float64), None
-    if kind == "pca":
+    lead = v.shape[:-2]
+    if o["sketch"] == "none":
+        return Sketch(v.new_zeros(*lead, 1, Dv), v.new_zeros(*lead, Dv, 1), v.new_zeros(*lead, v.shape[-2], 1),
+                      torch.zeros(ctx.n_visible.shape, dtype=torch.float64))
+    if o["sketch"] == "pca":
+        bits = o["sketch_bits"]
         mu = v.mean(-2, keepdim=True)
         vc = v - mu
-        m = min(m, Dv)
+        m = min(o["sketch_dim"], Dv)
         vals, vecs = torch.linalg.eigh(vc.transpose(-1, -2) @ vc)  # ascending eigenvalues
         U = vecs[..., -m:]
         coef = vc @ U
         per_key = m * ctx.itemsize
         if bits is not None:
             coef, per_key = _quantize(coef, bits), m * bits / 8
-        approx = mu + coef @ U.transpose(-1, -2)
         total = vals.clamp_min(0).sum(-1)
         explained = vals[..., -m:].clamp_min(0).sum(-1) / total.clamp_min(torch.finfo(v.dtype).tiny)  # (N, H, 1)
         basis = (m + 1) * Dv * ctx.itemsize + (m * ctx.itemsize if bits is not None else 0)  # + scales
-        return approx, key_bytes(ctx, per_key) + basis, explained
+        return Sketch(mu, U, coef, key_bytes(ctx, per_key) + basis, explained)
+    P = o["page_size"]
     S = v.shape[-2]
-    n_pages = -(-S // page_size)
-    page = torch.arange(S, device=v.device) // page_size
+    n_pages = -(-S // P)
+    page = torch.arange(S, device=v.device) // P
     sums = torch.zeros(*v.shape[:-2], n_pages, Dv, dtype=v.dtype, device=v.device).index_add_(-2, page, v)
     counts = torch.bincount(page, minlength=n_pages).to(v.dtype)
     means = sums / counts.unsqueeze(-1)
-    pad = n_pages * page_size - S
+    pad = n_pages * P - S
     visp = torch.nn.functional.pad(ctx.visible, (0, pad)).reshape(*ctx.visible.shape[:-1], n_pages, -1).any(-1)
-    return means[..., page, :], visp.sum(-1).double() * Dv * ctx.itemsize, None
+    eye = torch.eye(Dv, dtype=v.dtype, device=v.device).expand(*lead, Dv, Dv)
+    return Sketch(v.new_zeros(*lead, 1, Dv), eye, means[..., page, :], visp.sum(-1).double() * Dv * ctx.itemsize)
 
 
-def _greedy_extend(W: torch.Tensor, b0: torch.Tensor, Wc: torch.Tensor, valid: torch.Tensor, steps: int):
+def _fit(W: torch.Tensor, b0: torch.Tensor, iters: int | None, exact_slots: int):
+    """Simplex refit of b0 on W (R, k, D_v): exact (active set) up to ``exact_slots`` slots or
+    when ``iters`` is None, else ``iters`` accelerated projected-gradient steps."""
+    return _refit(W, b0) if iters is None or W.shape[-2] <= exact_slots else _pg_refit(W, b0, iters)
+
+
+def _greedy_extend(W: torch.Tensor, b0: torch.Tensor, Wc: torch.Tensor, valid: torch.Tensor, steps: int,
+                   corrective: bool, fit):
     """Greedy forward selection of ``steps`` candidates (rows of Wc (R, C, D_v), already minus
-    o_hat) added to the support W (R, k1, D_v) with weights b0; exact refit after each step."""
-    b, e, err2 = _refit(W, b0)
+    o_hat) added to the support W (R, k1, D_v) with weights b0. ``corrective``: ``fit`` (a simplex
+    refit) after each step; otherwise the step's own exact line search, a Frank-Wolfe step
+    towards the new key, is the update."""
+    b, e, err2 = fit(W, b0)
     wn2 = (Wc * Wc).sum(-1)
     penalty = torch.where(valid, 0.0, -torch.inf).to(W.dtype)
     rows = torch.arange(W.shape[0], device=W.device)
@@ -177,87 +246,87 @@ def _greedy_extend(W: torch.Tensor, b0: torch.Tensor, Wc: torch.Tensor, valid: t
         tj = t[rows, j].unsqueeze(-1)
         picks.append(j)
         penalty[rows, j] = -torch.inf
-        W = torch.cat([W, Wc[rows, j].unsqueeze(1)], 1)
-        b, e, err2 = _refit(W, torch.cat([b * (1 - tj), tj], -1))
+        wj = Wc[rows, j]
+        if corrective:
+            W = torch.cat([W, wj.unsqueeze(1)], 1)
+            b, e, err2 = fit(W, torch.cat([b * (1 - tj), tj], -1))
+        else:
+            b = torch.cat([b * (1 - tj), tj], -1)
+            e = e * (1 - tj) + wj * tj
+            err2 = (e * e).sum(-1)
     return torch.stack(picks, -1), b
 
 
 def va_select(ctx: Context, top_k: int, *, design: str = "auto", sketch: str = "pca", sketch_dim: int = 8,
               head_fraction: float = 0.5, candidates: int = 4, page_size: int = 16,
-              explained: float = 0.0, sketch_bits: int | None = 8) -> Picked:
-    """Practical value-aware selection (see the module docstring)."""
+              explained: float = 0.0, sketch_bits: int | None = 8, corrective: bool = False,
+              refit_iters: int | None = 60, summary: Sketch | None = None) -> Picked:
+    """Practical value-aware selection (see the module docstring). ``summary``: the
+    :func:`va_sketch` of the same options (built here when None)."""
+    opts = _options(design, sketch, sketch_dim, head_fraction, candidates, page_size, explained, sketch_bits,
+                    corrective, refit_iters)
+    sk = va_sketch(ctx, **opts) if summary is None else summary
+    m = opts["sketch_dim"]
     if design == "auto":
-        if sketch != "pca":
-            raise ValueError(f"design 'auto' needs sketch 'pca', got sketch {sketch!r}")
-        if isinstance(explained, bool) or not isinstance(explained, (int, float)) or not 0 <= explained <= 1:
-            raise ValueError(f"explained must be in [0, 1], got {explained!r}")
-        opts = dict(sketch=sketch, sketch_dim=sketch_dim, sketch_bits=sketch_bits, head_fraction=head_fraction,
-                    candidates=candidates,
-                    page_size=page_size)
-        _, _, ratio = _sketch(ctx, sketch, min(check_int("sketch_dim", sketch_dim, 1), ctx.v.shape[-1]), 1)
-        m = check_int("sketch_dim", sketch_dim, 1)
-        good = (ratio >= explained).reshape(*ratio.shape[:2], 1, 1, 1)  # per (batch, head)
-        good = good & (top_k <= 2 * (m + 1))
-        r = va_select(ctx, top_k, design="refit", **opts)
+        if top_k > 2 * (m + 1):
+            return va_select(ctx, top_k, **{**opts, "design": "refit"}, summary=sk)
+        if explained == 0:  # every head qualifies: nothing to compute twice
+            return va_select(ctx, top_k, **{**opts, "design": "greedy"}, summary=sk)
+        good = (sk.explained >= explained).reshape(*sk.explained.shape[:2], 1, 1, 1)  # per (batch, head)
+        r = va_select(ctx, top_k, **{**opts, "design": "refit"}, summary=sk)
         if not bool(good.any()):  # the greedy design would be computed and thrown away
             return r
-        g = va_select(ctx, top_k, design="greedy", **opts)
+        g = va_select(ctx, top_k, **{**opts, "design": "greedy"}, summary=sk)
         return Picked(used=torch.where(good, g.used, r.used), coef=torch.where(good, g.coef, r.coef),
                       read=torch.where(good, g.read, r.read), summary_bytes=g.summary_bytes, scores_all=True)
-    if design not in DESIGNS:
-        raise ValueError(f"design must be one of {DESIGNS}, got {design!r}")
-    if sketch not in SKETCHES:
-        raise ValueError(f"sketch must be one of {SKETCHES}, got {sketch!r}")
-    m = check_int("sketch_dim", sketch_dim, 1)
-    cand = check_int("candidates", candidates, 1)
-    P = check_int("page_size", page_size, 1)
-    if isinstance(head_fraction, bool) or not isinstance(head_fraction, (int, float)) or not 0 < head_fraction <= 1:
-        raise ValueError(f"head_fraction must be in (0, 1], got {head_fraction!r}")
-    bits = None if sketch_bits is None else check_int("sketch_bits", sketch_bits, 2)
-    if bits is not None and bits > 16:
-        raise ValueError(f"sketch_bits must be None or in [2, 16], got {bits}")
-    vt, summary, _ = _sketch(ctx, sketch, m, P, bits)
+    exact_slots = EXACT_SLOTS
     a, vis = ctx.a, ctx.visible
     crit = ctx.s if ctx.kernel.exponential else a
     k1 = top_k if design == "refit" else max(1, min(top_k, math.ceil(top_k * head_fraction)))
-    head = take(crit, vis, k1)
+    N, H, G, L, S = a.shape
+    k1 = min(k1, S)
+    hidx_all = torch.where(vis, crit, -torch.inf).topk(k1, -1).indices
+    head = torch.zeros_like(vis).scatter_(-1, hidx_all, True) & vis
     A = a.sum(-1, keepdim=True)
-    tail = torch.where(vis & ~head, a, 0.0)
-    o_hat = (torch.where(head, a, 0.0) @ ctx.v + tail @ vt) / torch.where(A > 0, A, 1.0)
+    a_head = a.gather(-1, hidx_all)  # 0 on invisible slots (a = 0 there)
+    V_head = ctx.v.unsqueeze(-3).expand(N, H, G, L, S, -1).gather(
+        -2, hidx_all.unsqueeze(-1).expand(*hidx_all.shape, ctx.v.shape[-1]))  # k1 rows, not S
+    tail = a.scatter(-1, hidx_all, 0.0)
+    o_hat = ((a_head.unsqueeze(-2) @ V_head).squeeze(-2) + sk.weighted_sum(tail)) / torch.where(A > 0, A, 1.0)
     used = head.clone()
     coef = torch.zeros_like(a)
     work = (ctx.n_visible > top_k) & (A.squeeze(-1) > 0)  # the harness makes the other rows exact
     if not bool(work.any()):
-        return Picked(used=used, coef=a, read=used, summary_bytes=summary, scores_all=True)
-    N, H, G, L, S = a.shape
+        return Picked(used=used, coef=a, read=used, summary_bytes=sk.bytes, scores_all=True)
     Dv = ctx.v.shape[-1]
     rowid = torch.arange(N * H, device=a.device).reshape(N, H, 1, 1).expand(N, H, G, L)[work]
     cw, aw, visw, ow = crit[work], a[work], vis[work], o_hat[work]
-    hidx = torch.where(visw, cw, -torch.inf).topk(k1, -1).indices  # (R, k1) (n_visible > k >= k1)
+    hidx = hidx_all[work]  # (R, k1) (n_visible > k >= k1: every slot visible)
     V = ctx.v.reshape(N * H, S, Dv)
     Vh = V[rowid.unsqueeze(-1), hidx]
     ah = aw.gather(-1, hidx)
     b0 = ah / ah.sum(-1, keepdim=True).clamp_min(torch.finfo(a.dtype).tiny)
     W = Vh - ow.unsqueeze(1)
+    refit_iters = opts["refit_iters"]
     if design == "refit":
-        b, _, _ = _refit(W, b0)
+        b, _, _ = _fit(W, b0, refit_iters, exact_slots)
         idx = hidx
     else:
         pool = visw.clone()
         pool.scatter_(-1, hidx, False)
-        C = min(S, cand * top_k) if design == "greedy" else S
+        C = min(S, opts["candidates"] * top_k) if design == "greedy" else S
         cval, cidx = torch.where(pool, cw, -torch.inf).topk(C, -1)
         valid = cval > -torch.inf
-        Vt = vt.reshape(N * H, S, Dv)
-        Wc = Vt[rowid.unsqueeze(-1), cidx] - ow.unsqueeze(1)
-        picks, b = _greedy_extend(W, b0, Wc, valid, top_k - k1)
+        Wc = sk.rows(rowid, cidx) - ow.unsqueeze(1)
+        picks, b = _greedy_extend(W, b0, Wc, valid, top_k - k1, opts["corrective"],
+                                  lambda W_, b_: _fit(W_, b_, refit_iters, exact_slots))
         chosen = cidx.gather(-1, picks)
         idx = torch.cat([hidx, chosen], -1)
         Wx = V[rowid.unsqueeze(-1), idx] - ow.unsqueeze(1)  # the chosen rows, read exactly
-        b, _, _ = _refit(Wx, b)
+        b, _, _ = _fit(Wx, b, refit_iters, exact_slots)
     rows_used = torch.zeros_like(visw).scatter_(-1, idx, True)
     rows_coef = torch.zeros_like(aw).scatter_(-1, idx, b * A[work])
     used[work] = rows_used
     coef[work] = rows_coef
     coef = torch.where(work.unsqueeze(-1), coef, a)
-    return Picked(used=used, coef=coef, read=used, summary_bytes=summary, scores_all=True)
+    return Picked(used=used, coef=coef, read=used, summary_bytes=sk.bytes, scores_all=True)
