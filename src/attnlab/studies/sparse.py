@@ -304,6 +304,7 @@ def measure_layer(q: Tensor, k: Tensor, v: Tensor, *, methods: Sequence[str], bu
 
     kern = get_kernel(kernel)
     B, H, L, D = q.shape
+    S = k.shape[-2]
     gqa = H != k.shape[1]
     rows = _query_rows(L, n_queries)
     vis = _visible(q, k, attn_mask, is_causal)
@@ -355,7 +356,7 @@ def measure_layer(q: Tensor, k: Tensor, v: Tensor, *, methods: Sequence[str], bu
                 o_hat, n_run, bytes_, rows_read = sel.output, n_rows, sel.bytes_read, sel.rows_read
             out.append({**common, "method": m, "skipped": "", "err": _per_seq(_row_error(exact, o_hat)),
                         "bytes": float(bytes_.mean()), "rows_read": float(rows_read.double().mean()),
-                        "sec_per_query": t / n_run})
+                        "sec_per_query": t / n_run, "build_sec_per_key": sel.build_seconds / (B * k.shape[1] * S)})
     return out
 
 

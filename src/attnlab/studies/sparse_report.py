@@ -99,7 +99,8 @@ def summarize(p: Any, results: dict[str, Any]) -> dict[str, Any]:
                 row = {**common, "method": m, "err": float(em.mean()),
                        "gap_closed": gap_closed(float(et.mean()), float(em.mean()), float(eo.mean())),
                        "bytes": _mean([r["bytes"] for r in mine]), "rows_read": _mean([r["rows_read"] for r in mine]),
-                       "sec_per_query": _mean([r["sec_per_query"] for r in mine])}
+                       "sec_per_query": _mean([r["sec_per_query"] for r in mine]),
+                       "build_sec_per_key": _mean([r.get("build_sec_per_key", 0.0) for r in mine])}
                 row["gap_ci_low"], row["gap_ci_high"] = _gap_ci(et, em, eo)
                 est = paired_bootstrap(et, em, seed=0, unit="sequences")
                 row["diff_vs_topk"], row["diff_ci_low"], row["diff_ci_high"] = est.effect, est.ci_low, est.ci_high
@@ -377,16 +378,21 @@ def report(p: Any, run: RunDir, results: dict[str, Any], summary: dict[str, Any]
         if got:
             sec, top, read = (_mean([r[k] for r in got]) for k in ("sec_per_query", "topk_sec_per_query",
                                                                    "read_sec_per_query"))
+            build = _mean([r.get("build_sec_per_key", 0.0) for r in got])
             timing.append({"method": m, "selector us/query": _fmt(1e6 * sec, ".2f"),
+                           "summary build us/key": _fmt(1e6 * build, ".3f") if build else "",
                            "top-k us/query": _fmt(1e6 * top, ".2f"), "ratio to top-k": _fmt(sec / top, ".1f"),
                            "attend over k rows us/query": _fmt(1e6 * read, ".2f"),
                            "ratio to attending": _fmt(sec / read, ".1f")})
     md += ["## Selector time per query (mean over sources and budgets)", "",
-           "The selector's own work (exact scores, weights and summaries given; output formed afterwards), "
-           "wall time per query row on this CPU, batched over heads and rows; beside top-k's selection and the "
-           "time to attend over the k gathered rows. Loaded shared 2-core machine: indicative only.", "",
-           markdown_table(timing, ["method", "selector us/query", "top-k us/query", "ratio to top-k",
-                                   "attend over k rows us/query", "ratio to attending"]), ""]
+           "The selector's own work (exact scores and weights given; output formed afterwards), wall time per "
+           "query row on this CPU, batched over heads and rows; beside top-k's selection and the time to attend "
+           "over the k gathered rows. A method with a summary hook (va-select's value sketch) builds its per-key "
+           "summaries apart, as a KV cache would once per written key: 'summary build us/key'. At 128 keys and "
+           "head dim 16 every selector is mostly framework overhead; `benchmarks/selector_cost.py` compares "
+           "whole per-query costs (score, select, read) at longer caches. Indicative only.", "",
+           markdown_table(timing, ["method", "selector us/query", "summary build us/key", "top-k us/query",
+                                   "ratio to top-k", "attend over k rows us/query", "ratio to attending"]), ""]
     if lm:
         md += ["## Downstream: every layer uses the method", "",
                "LM loss (nats/token) and error % on held-out text; dloss vs top-k at the same k, paired per "
