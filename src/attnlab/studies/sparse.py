@@ -31,8 +31,12 @@ second half of the sequence (causal queries there see at least context / 2 keys,
 up to context / 2 is a real choice); the methods run on those query rows with their exact
 visibility (a bool mask), except H2O, whose score is the attention of the earlier queries: it
 runs on every query and is measured on the same rows. ``va-swap`` runs on the last
-``swap_queries`` of them. Prefill only (decode: the last query, is the ``compare`` function's
-other mode; not run here).
+``swap_queries`` of them. On the causal sources (the causal attnlab LMs and the GPT-2) each
+measured row *is* a decode step: query i sees keys 0..i, exactly the cache that decoding token i
+reads, and H2O's history is the attention of the earlier queries as in decode; so those rows
+are the decode setting at cache lengths context / 2 .. context. The masked models, MiniLM and
+the synthetic grid are bidirectional (prefill/encoder only). ``compare(mode="decode")`` measures
+the last query against a whole cache outside the study.
 
 Equal bytes: for each (source, k), va-select's mean bytes per query B; every other practical
 method's error at B is interpolated linearly in log(bytes) between its budgets (clamped to its

@@ -11,13 +11,18 @@ positions; ``none`` = 0). Then:
 
 1. Head: read the k1 = ceil(``head_fraction`` * k) keys of largest weight (full rows).
 2. Estimate the output: o_hat = (sum_{head} a_j v_j + sum_{other visible} a_j v~_j) / A.
-3. ``design="refit"`` (k1 = k): simplex weights beta on the head minimizing ||o_hat - beta^T V||
-   (exact refit, :func:`attnlab.approx.value_aware.simplex_least_squares`).
+3. ``design="refit"`` (k1 = k): simplex weights beta on the head minimizing ||o_hat - beta^T V||.
    ``design="greedy"``: candidates = the next ``candidates`` * k keys by weight (``greedy-all``:
    every other visible key); greedy forward selection of k - k1 of them reducing
-   ||o_hat - beta^T [V_head; V~_cand]|| with an exact simplex refit after every addition (the
-   va-greedy step with the sketched values of the candidates); then the chosen rows are read and
-   beta is refit on their exact values against o_hat.
+   ||o_hat - beta^T [V_head; V~_cand]||: each step takes the candidate whose exact line search
+   from the current beta towards it lowers the error most, and that line search is the update
+   (a Frank-Wolfe step; ``corrective=True``: an exact simplex refit after every addition
+   instead, the va-greedy step on the sketched values); then the chosen rows are read and beta
+   is refit on their exact values against o_hat.
+   Refits (both designs): exact (the active-set
+   :func:`attnlab.approx.value_aware.simplex_least_squares`) on up to ``EXACT_SLOTS`` = 32 keys;
+   above that ``refit_iters`` (default 60) accelerated projected-gradient steps from the
+   current beta (never worse than it; ``refit_iters=None``: exact everywhere).
    ``design="auto"`` (the default): ``greedy`` where the budget is small, k <= 2 (sketch_dim + 1),
    on the heads (batch element, KV head) whose rank-``sketch_dim`` PCA explains at least
    ``explained`` of the centered value variance (default 0: every head); ``refit`` elsewhere.
@@ -26,6 +31,10 @@ positions; ``none`` = 0). Then:
    Defaults sketch_dim = 8, explained = 0, sketch_bits = 8 (chosen on held-out sequences, see
    the end; ``sketch_bits=None`` keeps the sketch in the input's dtype).
 4. Output sum_{j} beta_j v_j (coefficients beta_j * A in the harness's ratio).
+
+The sketch is a *summary* (:func:`va_sketch`, registered as the selector's ``summarize`` hook):
+the harness builds it before the selection's clock and reports its time apart
+(``Selection.build_seconds``), as a KV cache would build it once, when each key is written.
 
 Rows read = k (head + chosen); summary bytes = sketch bytes per visible key (``pca``:
 sketch_dim * itemsize (or sketch_bits / 8) per key + (sketch_dim + 1) * D_v * itemsize for the
@@ -102,6 +111,31 @@ error within .001 and turned the equal-bytes count from 6/30 to 24/30 model cell
 every method's bytes lie within a few kB of each other and the error curves are steep there, so
 that verdict is fragile (it was not the criterion of the choice, which was accuracy at fewer
 bytes on held-out sequences; it motivated looking). Selector time: about 370x top-k's.
+
+Speed (issue 14's "a selector's cost must stay small against reading its budget"). Profiling
+put the time in the simplex refits: the exact active-set solver leaves one key per iteration, so
+the refit design at k = 64 ran 40-80 batched 64 x 64 Cholesky iterations (~1.3 ms per query on
+the CPU), and the greedy design ran a refit after every step. Tried on the same held-out
+captures (seed-1 text, 16 query rows per head and layer), mean gap closed over the six sources
+at k = 4, 8, 16, 32, 64, and CPU microseconds per query at k = 16 / 64 (2 threads):
+
+    exact (corrective greedy, active set everywhere)    .890 .912 .883 .892 .927    ~300 / ~1300
+    Frank-Wolfe greedy steps + PG-60 refit above 32     .880 .885 .868 .892 .907    ~110 /  ~240
+    PG-30 / PG-100 for every refit above 18 keys                       .83  .88          (k = 64:)
+                                                                       .86  .92      ~170 / ~470
+    PG-60 above 18 keys (the k = 32 refit by PG too)                   .85
+    pairwise Frank-Wolfe refit (k = 64), 30 / 100 steps                     .86 / .90  ~85 / ~235
+    exponential tilting b_j ~ a_j exp(lambda^T v_j), 4-16 Newton steps (4 sources): k = 32 .61-.67
+    active set capped at 2-4 iterations (4 sources): k = 32 .55-.76; from a one-key start: no faster
+
+Criterion, fixed after the first comparison and
+before choosing: the default keeps mean gap closed within .03 of the exact solver at every k
+and is the fastest such; the second row is the default (largest loss .027 at k = 8; GPT-2 at
+k = 64 loses .06 alone). ``corrective=True, refit_iters=None`` restores the exact solver.
+Whole per-query cost (scores of every key + selection + attending over the k rows; decode, head
+dim 64, 128 heads, float32; ``benchmarks/selector_cost.py``, numbers in benchmarks/RESULTS.md):
+va-select costs 1.5-2.8x top-k at 1-8k keys and k <= 32, more at k = 64 (the PG refit) and at
+128 keys, where the fixed work of a few dozen small tensor operations dominates.
 """
 
 from __future__ import annotations
