@@ -189,12 +189,27 @@ def load_trained_model(path: str | Path) -> tuple[Any, Any]:
         raise ValueError(f"checkpoint{str(err).removeprefix('run_dir')}") from None
 
 
+def load_local(auto_class: Any, name_or_path: str) -> Any:
+    """``auto_class.from_pretrained(name_or_path)`` from local files only (no network), in eval
+    mode, without the per-weight loading bar (it would interleave with the study's own progress
+    bar; the setting is restored afterwards)."""
+    from transformers.utils import logging as hf_logging
+
+    was = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        return auto_class.from_pretrained(name_or_path, local_files_only=True).eval()
+    finally:
+        if was:
+            hf_logging.enable_progress_bar()
+
+
 def load_hf_model(name_or_path: str) -> Any:
     """A Hugging Face causal LM from a local folder or the local cache (no network), in eval mode,
     with its attention dropout irrelevant (eval) and its implementation unchanged."""
     from transformers import AutoModelForCausalLM
 
-    return AutoModelForCausalLM.from_pretrained(name_or_path, local_files_only=True).eval()
+    return load_local(AutoModelForCausalLM, name_or_path)
 
 
 def hf_token_batch(name_or_path: str, vocab_size: int, *, batch: int, length: int, seed: int) -> Tensor:
@@ -208,7 +223,7 @@ def hf_token_batch(name_or_path: str, vocab_size: int, *, batch: int, length: in
     try:
         from transformers import AutoTokenizer
 
-        ids = AutoTokenizer.from_pretrained(name_or_path, local_files_only=True)(text)["input_ids"]
+        ids = AutoTokenizer.from_pretrained(name_or_path, local_files_only=True)(text, verbose=False)["input_ids"]
     except (OSError, ValueError, TypeError):
         pass
     if len(ids) <= length:  # no usable tokenizer saved (transformers may build an empty one)

@@ -392,9 +392,9 @@ def _captures(p: SparsePreset, src: str, ctx: CellContext) -> tuple[list[Any], f
             return [], 0.0, why
         from transformers import AutoModel
 
-        from .approx_methods import hf_token_batch
+        from .approx_methods import hf_token_batch, load_local
 
-        model = AutoModel.from_pretrained(str(path), local_files_only=True).eval()
+        model = load_local(AutoModel, str(path))
         ids = hf_token_batch(str(path), model.config.vocab_size, batch=p.n_seqs, length=p.context, seed=p.seed)
         return capture_qkv(model, {"input_ids": ids, "attention_mask": torch.ones_like(ids)}), 1e-6, ""
     if src == "gpt2":

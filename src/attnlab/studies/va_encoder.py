@@ -93,8 +93,9 @@ def load_encoder(path: str) -> Any:
     from transformers import AutoConfig, AutoModel, AutoModelForMaskedLM
 
     config = AutoConfig.from_pretrained(path, local_files_only=True)
-    auto = AutoModelForMaskedLM if has_mlm_head(config) else AutoModel
-    return auto.from_pretrained(path, local_files_only=True).eval()
+    from .approx_methods import load_local
+
+    return load_local(AutoModelForMaskedLM if has_mlm_head(config) else AutoModel, path)
 
 
 @functools.lru_cache(maxsize=2)
