@@ -179,17 +179,41 @@ def test_smoke_caveat_decides_from_the_budget_and_the_data():
     assert "supported" not in text and "not judged" in text
 
 
+def _flatness_cells(extra_gain_by_seed, tokens=400):
+    """Per seed a flat (relu, skewness 0.1) and a sharp (softmax, 0.5) model; both gain 9 points
+    from the values at r = 1 and 2, the flat one ``extra_gain_by_seed[seed]`` points more."""
+    rows, data = [], {}
+    for seed, extra in enumerate(extra_gain_by_seed):
+        for kernel, skew, gain in (("relu", 0.1, 9.0 + extra), ("softmax", 0.5, 9.0)):
+            rows.append({"kind": "causal", "kernel": kernel, "seed": seed, "method": "exact", "r": 0,
+                         "error_pct": 40.0, "skipped": "", "skewness": skew, "mean_layer_error": 0.0})
+            for r in (1, 2):
+                for method, wrong in (("topr", 160 + int(gain * 4)), ("va-greedy", 160)):
+                    rows.append({"kind": "causal", "kernel": kernel, "seed": seed, "method": method, "r": r,
+                                 "error_pct": wrong / 4, "skipped": "", "skewness": skew, "mean_layer_error": 0.1})
+                    data[("causal", kernel, seed, method, r)] = {
+                        "token_correct": [int(i >= wrong) for i in range(tokens)],
+                        "token_seq": [i % 8 for i in range(tokens)], "token_loss": [0.0] * tokens}
+    return rows, data
+
+
 def test_flatter_kernels_claim_is_a_slope_on_flatness():
-    preset = va.ValueAwarePreset(rs=(1, 2), steps=500, kernels=("softmax", "relu"))
-    flat_rows, flat_tokens = _cells({"relu": [40.0, 45.0, 42.0]}, skewness=0.1, tokens=400)
-    sharp_rows, sharp_tokens = _cells({"softmax": [40.0, 45.0, 42.0]}, skewness=0.5, tokens=400)
-    for key in list(sharp_tokens):  # the skewed kernel gains 3 points less
-        if key[3] == "va-greedy":
-            wrong = set(range(int((45.0 if key[4] == 1 else 42.0) * 4) + 12))
-            sharp_tokens[key] = dict(sharp_tokens[key], token_correct=[int(i not in wrong) for i in range(400)])
-    tests = va_report.claim_tests(flat_rows + sharp_rows, {**flat_tokens, **sharp_tokens}, preset)
-    slope = next(t["result"] for t in tests if t["claim"].startswith("2"))
+    preset = va.ValueAwarePreset(rs=(1, 2), steps=500, kernels=("softmax", "relu"), n_seeds=3)
+    rows, tokens = _flatness_cells([3.0, 2.75, 3.25])  # every seed: the flat kernel gains ~3 points more
+    slope = next(t["result"] for t in va_report.claim_tests(rows, tokens, preset) if t["claim"].startswith("2"))
     assert slope.effect == pytest.approx(3.0 / 0.4) and slope.verdict == "supported"
+    assert slope.n["seeds"] == 3
+
+
+def test_flatness_slope_resamples_seeds_not_sequences():
+    """The flatness is a trained model's: seeds whose models disagree (slopes +30, +20, -12.5 points
+    per unit flatness) make the claim inconclusive, however many tokens each seed has; a
+    bootstrap over sequences held the models fixed and called this 'supported'."""
+    preset = va.ValueAwarePreset(rs=(1, 2), steps=500, kernels=("softmax", "relu"), n_seeds=3)
+    rows, tokens = _flatness_cells([12.0, 8.0, -5.0], tokens=800)
+    slope = next(t["result"] for t in va_report.claim_tests(rows, tokens, preset) if t["claim"].startswith("2"))
+    assert slope.effect > 0 and slope.ci_low < 0 < slope.ci_high
+    assert slope.verdict == "inconclusive"
 
 
 def test_plots_skip_a_model_with_nothing_to_draw(tmp_path):
