@@ -226,3 +226,16 @@ def test_plots_skip_a_model_with_nothing_to_draw(tmp_path):
     assert md == ["No error-vs-r plot for causal relu: no method ran (performer (performer approximates softmax "
                   "only)).", "No per-layer plot for causal: neither topr nor va-greedy ran at r = 2."]
     assert not list(run.path.glob("*.png"))
+
+
+def test_one_seed_report_says_the_flatness_claim_is_not_tested():
+    preset = va.ValueAwarePreset(rs=(1, 2), steps=500, kernels=("softmax", "relu"))
+    rows, tokens = _flatness_cells([3.0])
+    tests = va_report.claim_tests(rows, tokens, preset)
+    assert not any(t["claim"].startswith("2") for t in tests)
+    text = "\n".join(va_report._verdicts(va_report._diffs(rows, tokens), rows, preset, tests))
+    assert "Claim 2 (flatter kernels suffer more from ignoring values).** Not tested" in text
+    three = va.ValueAwarePreset(rs=(1, 2), steps=500, kernels=("softmax", "relu"), n_seeds=3)
+    rows3, tokens3 = _flatness_cells([3.0, 2.75, 3.25])
+    tests3 = va_report.claim_tests(rows3, tokens3, three)
+    assert "Not tested" not in "\n".join(va_report._verdicts(va_report._diffs(rows3, tokens3), rows3, three, tests3))

@@ -292,6 +292,11 @@ def _verdicts(diffs: list[dict], rows: list[dict], preset: Any, tests: list[dict
                    t["result"].format().split("; ")[0] + f"; not judged ({t['result'].basis})",
                    "to settle": (t["result"].settle_hint or "") if judged else ""} for t in tests]
         lines += ["", markdown_table(rows_t, ["claim", "scope", "result", "to settle"]), ""]
+    if (not any(t["claim"].startswith("2") for t in tests) and len(preset.seeds) < 2
+            and len({r["kernel"] for r in rows if not r["skipped"]}) >= 2):
+        lines.append("- **Claim 2 (flatter kernels suffer more from ignoring values).** Not tested: its CI "
+                     "resamples seeds (flatness belongs to a trained model) and this run has one seed; "
+                     "`--preset medium` trains three." + ("" if judged else f" {NOT_JUDGED}"))
     sanity = [r for r in rows if r["method"].startswith("va-") and r["r"] == preset.head_dim + 1 and not r["skipped"]]
     if sanity:
         worst = max(r["mean_layer_error"] for r in sanity)
