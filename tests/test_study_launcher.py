@@ -137,7 +137,7 @@ def test_every_yaml_preset_builds_and_names_are_checked(tmp_path):
     ("gpu", "device must be 'cpu', 'cuda' or 'cuda:N'"), ("cpu:0", "device must be"), ("cuda:x", "device must be"),
     ("cuda:0,cpu", "a list must name GPUs as cuda:N"),
 ] + ([] if torch.cuda.is_available() else [("cuda", "sees no CUDA device"), ("cuda:0", "sees no CUDA device"),
-                                           ("cuda:all", "sees no CUDA device")]))
+                                           ("cuda:all", "device is 'cuda:all' but this torch")]))
 def test_bad_devices_are_usage_errors_before_any_work(device, message, tmp_path, capsys):
     assert launcher.main("ladder", ["--preset", "tiny", "--out", str(tmp_path), "--device", device]) == 2
     err = capsys.readouterr().err

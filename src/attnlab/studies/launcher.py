@@ -66,7 +66,8 @@ def check_devices(device: str) -> list[str]:
     if not isinstance(device, str):
         raise TypeError(f"device must be a str, got {type(device).__name__}")
     if device == "cuda:all":
-        check_device("cuda")
+        if not torch.cuda.is_available():
+            raise ValueError(f"device is 'cuda:all' but this torch ({torch.__version__}) sees no CUDA device")
         return [f"cuda:{i}" for i in range(torch.cuda.device_count())]
     if "," not in device:
         return [check_device(device)]
