@@ -30,6 +30,7 @@ def test_gap_arithmetic_on_fabricated_cells():
     assert row["err_greedy"] == pytest.approx((0.3 + 0.2 + 0.5 + 0.4 + 0.0) / 5)
     assert row["err_swap"] == pytest.approx((0.2 + 0.2 + 0.5 + 0.4 + 0.0) / 5)
     assert row["err_exact"] == pytest.approx(0.4 / 3)
+    assert row["err_greedy_exact_queries"] == pytest.approx((0.3 + 0.2 + 0.0) / 3)  # the same 3 queries
     assert row["mean_gap_pct"] == pytest.approx(50.0 / 5)  # only the first query has a gap: 50%
     assert row["greedy_optimal_share"] == pytest.approx(2 / 3)  # certified on 2 of the 3 with va-exact
     assert row["greedy_swap_optimal_share"] == pytest.approx(1.0)  # the 2 others: 1-swap local optima
@@ -101,6 +102,7 @@ def test_gap_cells_order_the_oracles_and_reach_the_report(small_run, tmp_path):
         assert 0.0 <= float(r["greedy_optimal_share"]) <= 1.0 and r["greedy_swap_optimal_share"] == ""
         assert float(r["gap_ci_low"]) <= float(r["mean_gap_pct"]) <= float(r["gap_ci_high"])
         assert float(r["err_greedy"]) >= float(r["err_swap"]) - 1e-9 >= float(r["err_exact"]) - 2e-9
+        assert float(r["err_greedy_exact_queries"]) >= float(r["err_exact"]) - 1e-9
     md = (small_run / "report.md").read_text()
     assert "## How far the value-aware numbers are from the optimum" in md
     assert "**Distance from the optimum (r < D + 1).** Over 32 sampled queries" in md
