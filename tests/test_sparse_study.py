@@ -59,8 +59,10 @@ def test_summary_gap_closed_and_equal_bytes_on_fabricated_numbers():
     # vatp reads 440 and 880 bytes (errors .3, .15): at 600 bytes about .233 < va-select's .25
     assert eq[4]["best_other"] == "vatp" and eq[4]["err_best_other"] == pytest.approx(0.2325, abs=1e-3)
     assert not eq[4]["va_select_best"] and eq[4]["err_va_select"] == pytest.approx(0.25)
-    # va-select at k=8 reads 1200 bytes, beyond every other method's range: clamped and flagged
-    assert eq[8]["best_other_clamped"]
+    # va-select at k=8 reads 1200 bytes, beyond every other method's range: clamped from below,
+    # so undecided even though va-select's .125 is below every clamped error
+    assert eq[8]["best_other_clamped"] == "below" and eq[8]["undecided"] == "topk, vatp"
+    assert eq[8]["err_va_select"] < eq[8]["err_best_other"] and not eq[8]["va_select_best"]
     verdicts = {(v["scope"], v["target"].split()[0]): v for v in s["targets"]}
     assert verdicts["all sources", "va-select"]["met"]  # .25 < .4 and .125 < .2
     assert verdicts["all sources", "mean"]["met"]  # mean gap closed 0.5
@@ -77,7 +79,12 @@ def test_equal_bytes_interpolates_in_log_bytes():
     assert eq["err@B:topk"] == pytest.approx(0.3)  # 200 is halfway between 100 and 400 in log bytes
     assert eq["err@B:vatp"] == pytest.approx(0.275)
     assert eq["best_other"] == "vatp" and eq["va_select_best"]
-    assert not eq["best_other_clamped"]
+    assert not eq["best_other_clamped"] and not eq["undecided"]
+    # a method whose every budget reads more than va-select is clamped from above: still decided
+    above = equal_bytes([*rows, {"source": "s", "budget": 4, "method": "quest", "err": 0.15, "bytes": 300.0}],
+                        SparsePreset(methods=("vatp", "quest", "va-select"), budgets=(4,), kinds=(), minilm=False,
+                                     gpt2=False))[0]
+    assert above["err@B:quest"] == pytest.approx(0.15) and not above["undecided"] and above["va_select_best"]
     t = targets([{**rows[0], "err_topk": 0.4, "gap_closed": 0.2}], [eq], p)
     assert [v["met"] for v in t if v["scope"] == "models"] == [True, False, True]
 

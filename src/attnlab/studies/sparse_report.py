@@ -110,23 +110,30 @@ def summarize(p: Any, results: dict[str, Any]) -> dict[str, Any]:
     return {"rows": rows, "skipped": skipped, "lm": lm, "equal_bytes": eq, "targets": targets(rows, eq, p)}
 
 
-def _interp(points: list[tuple[float, float]], x: float) -> tuple[float, bool]:
-    """The error at bytes ``x`` by linear interpolation in log(bytes) (clamped; flag: clamped)."""
+def _interp(points: list[tuple[float, float]], x: float) -> tuple[float, str]:
+    """The error at bytes ``x`` by linear interpolation in log(bytes), clamped to the end points;
+    the flag says where it was clamped: "" (inside), "above" (every budget of the method reads more
+    than x: its error at x would be no lower) or "below" (its largest budget reads less than x: it
+    might be better at x than at that end point)."""
     pts = sorted(points)
     if x <= pts[0][0]:
-        return pts[0][1], x < pts[0][0] * (1 - 1e-9)
+        return pts[0][1], "above" if x < pts[0][0] * (1 - 1e-9) else ""
     if x >= pts[-1][0]:
-        return pts[-1][1], x > pts[-1][0] * (1 + 1e-9)
+        return pts[-1][1], "below" if x > pts[-1][0] * (1 + 1e-9) else ""
     for (x0, y0), (x1, y1) in itertools.pairwise(pts):
         if x0 <= x <= x1:
             t = 0.0 if x1 == x0 else (math.log(x) - math.log(x0)) / (math.log(x1) - math.log(x0))
-            return y0 + t * (y1 - y0), False
-    return pts[-1][1], True
+            return y0 + t * (y1 - y0), ""
+    return pts[-1][1], "below"
 
 
 def equal_bytes(rows: list[dict], p: Any) -> list[dict]:
     """Per (source, k): va-select's bytes B and error, each other practical method's error at B
-    (log-bytes interpolation, see :mod:`attnlab.studies.sparse`), and the best of them."""
+    (log-bytes interpolation, see :mod:`attnlab.studies.sparse`), and the best of them.
+
+    va-select counts as best only when its error is below every other method's at B *and* no
+    method's budgets end below B (``undecided``: such a method was not run at va-select's bytes,
+    and might win there; the preset's ``bytes_budgets`` should reach the context)."""
     out = []
     practical = ["topk", *[m for m in p.methods if m not in ("caote", MINE)]]
     for src in dict.fromkeys(r["source"] for r in rows):
@@ -139,10 +146,12 @@ def equal_bytes(rows: list[dict], p: Any) -> list[dict]:
                 if pts:
                     others[m] = _interp(pts, me["bytes"])
             best = min(others, key=lambda m: others[m][0]) if others else ""
+            short = sorted(m for m, (_, side) in others.items() if side == "below")
             out.append({"source": src, "budget": b, "bytes": me["bytes"], "err_va_select": me["err"],
                         "best_other": best, "err_best_other": others[best][0] if best else math.nan,
-                        "best_other_clamped": others[best][1] if best else False,
-                        "va_select_best": bool(best) and me["err"] < others[best][0],
+                        "best_other_clamped": others[best][1] if best else "",
+                        "undecided": ", ".join(short),
+                        "va_select_best": bool(best) and me["err"] < others[best][0] and not short,
                         **{f"err@B:{m}": e for m, (e, _) in others.items()}})
     return out
 
@@ -333,7 +342,8 @@ def report(p: Any, run: RunDir, results: dict[str, Any], summary: dict[str, Any]
            markdown_table(summary["targets"], ["scope", "target", "measured", "met", "verdict", "ci"]), "",
            "`met` reads each target on point estimates, as the issue states it; `verdict` is what the 95% CIs "
            "settle (supported / not supported / inconclusive; see `sparse_report.targets`).", "",
-           "Equal bytes: each method's error interpolated (log bytes) at va-select's bytes per query; clamped "
+           "Equal bytes: each method's error interpolated (log bytes) at va-select's bytes per query; a cell where "
+           "some method's budgets all read fewer bytes than va-select is undecided and not counted as won; clamped "
            "to a method's end point outside its range (see equal_bytes.csv).", "",
            "## Gap closed per method and budget", "",
            "gap closed = (err_topk - err) / (err_topk - err_va-greedy); 1 = the oracle, 0 = top-k, < 0 worse "
@@ -359,11 +369,13 @@ def report(p: Any, run: RunDir, results: dict[str, Any], summary: dict[str, Any]
         md += ["## Equal bytes: va-select against the best other practical method", "",
                markdown_table([{"source": e["source"], "k": e["budget"], "kB/query": _fmt(e["bytes"] / 1024, ".2f"),
                                 "err va-select": _fmt(e["err_va_select"], ".4f"),
-                                "best other": e["best_other"] + (" (clamped)" if e["best_other_clamped"] else ""),
+                                "best other": e["best_other"] + (f" (clamped {e['best_other_clamped']})"
+                                                                 if e["best_other_clamped"] else ""),
                                 "its err at these bytes": _fmt(e["err_best_other"], ".4f"),
-                                "va-select best": e["va_select_best"]} for e in eq],
+                                "va-select best": e["va_select_best"],
+                                "undecided (run below these bytes)": e["undecided"]} for e in eq],
                               ["source", "k", "kB/query", "err va-select", "best other", "its err at these bytes",
-                               "va-select best"]), ""]
+                               "va-select best", "undecided (run below these bytes)"]), ""]
     swap = [r for r in rows if r["method"] == "topk" and "err_swap" in r]
     if swap:
         md += ["## The oracle: va-greedy and va-swap on the va-swap subsample", "",
