@@ -410,3 +410,18 @@ def test_va_select_solver_options_are_checked_by_name(option, value, error):
     q, k, v = _qkv()
     with pytest.raises(error, match=option):
         select(q, k, v, method="va-select", top_k=4, **{option: value})
+
+
+def test_va_select_auto_takes_the_greedy_design_where_k_is_a_small_share_of_the_visible_keys():
+    from attnlab.approx.selectors.harness import _context
+    from attnlab.approx.selectors.va_select import va_select
+    from attnlab.kernels import get_kernel
+
+    q, k, v = _lowrank(L=8, S=200)
+    ctx = _context(q, k, v, get_kernel("softmax"), None, False, None, False, 1e-6, None, 0)[0]
+    auto, greedy, refit = (va_select(ctx, 40, design=d) for d in ("auto", "greedy", "refit"))
+    assert torch.equal(auto.used, greedy.used) and not torch.equal(auto.used, refit.used)  # 40 <= 200 / 4
+    narrow = (va_select(ctx, 40, design=d, greedy_share=0.1) for d in ("auto", "refit"))
+    assert torch.equal(*(p.used for p in narrow))  # 40 > 0.1 * 200: refit
+    with pytest.raises(ValueError, match="greedy_share"):
+        va_select(ctx, 40, greedy_share=1.5)
