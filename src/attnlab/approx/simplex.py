@@ -85,15 +85,14 @@ def simplex_least_squares(M: Tensor, b: Tensor, allowed: Tensor | None = None,
     return b
 
 
-def _refit(W: Tensor, b0: Tensor, allowed: Tensor | None = None,
-           max_iter: int | None = None) -> tuple[Tensor, Tensor, Tensor]:
+def _refit(W: Tensor, b0: Tensor, allowed: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
     """Exact simplex fit on the slots of W (..., k, D_v) from feasible b0 (..., k).
 
     Returns (b, e, err2): weights, error vector e = b^T W and ||e||^2."""
     k = W.shape[-2]
     M = W @ W.transpose(-1, -2)
     flat = None if allowed is None else allowed.reshape(-1, k)
-    b = simplex_least_squares(M.reshape(-1, k, k), b0.reshape(-1, k), flat, max_iter).view(b0.shape)
+    b = simplex_least_squares(M.reshape(-1, k, k), b0.reshape(-1, k), flat).view(b0.shape)
     e = torch.einsum("...k,...kd->...d", b, W)
     return b, e, (e * e).sum(-1)
 
@@ -184,8 +183,9 @@ def _project_simplex(y: Tensor) -> Tensor:
 
 
 def _pg_refit(W: Tensor, b0: Tensor, iters: int) -> tuple[Tensor, Tensor, Tensor]:
-    """``iters`` accelerated projected-gradient steps (FISTA with a function-value restart) on
-    min ||b^T W||^2 over the simplex from feasible b0; a fixed-cost stand-in for :func:`_refit`.
+    """``iters`` accelerated projected-gradient steps (FISTA; one momentum schedule for the batch,
+    and a row whose objective rose restarts from its best point) on min ||b^T W||^2 over the
+    simplex from feasible b0; a fixed-cost stand-in for :func:`_refit`.
 
     The step is 1 / (2 lambda_max(W^T W)), lambda_max from power iteration. Each iteration
     costs O(k D_v) per row. Returns (b, e, err2) as :func:`_refit`, and never returns a b worse
@@ -213,5 +213,3 @@ def _pg_refit(W: Tensor, b0: Tensor, iters: int) -> tuple[Tensor, Tensor, Tensor
         b, e, f = torch.where(keep, b, bn), torch.where(keep, e, en), torch.where(worse, f, fn)
         t = tn
     return b, e, f
-
-
