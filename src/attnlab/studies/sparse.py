@@ -15,7 +15,8 @@ models and from a synthetic temperature grid the study measures, per layer and s
   of attending over the k gathered rows (what reading the budget costs);
 - downstream: the LM loss and error when every layer uses the method, paired per token with
   top-k at the same k (CI over sequences), on attnlab's trained models and on a small causal
-  Hugging Face GPT-2.
+  Hugging Face GPT-2; on MiniLM (no LM head) the distortion of its sentence embedding,
+  1 - cos, paired per sequence (:func:`embedding_distortion`).
 
 Sources (one stage-1 error cell each): attnlab models trained in stage 0 (causal and masked LM x
 softmax and expressive (EA) kernels, byte-level stdlib corpus), synthetic q, k, v ~ N(0, 1) with
@@ -202,7 +203,7 @@ def minilm_path() -> tuple[Path | None, str]:
 
 def cells(p: SparsePreset) -> list[Cell]:
     """Stage 0: train each attnlab model and the GPT-2; stage 1: one error cell per source, and
-    one downstream cell per (trained model or GPT-2, method, k) plus exact and top-k."""
+    one downstream cell per (trained model, GPT-2 or MiniLM, method, k) plus exact and top-k."""
     train = {k: getattr(p, k) for k in TRAIN_FIELDS}
     measure = {k: getattr(p, k) for k in MEASURE_FIELDS}
     out: list[Cell] = []
@@ -223,6 +224,8 @@ def cells(p: SparsePreset) -> list[Cell]:
             extra["minilm_queries"] = p.minilm_queries
         out.append(Cell(f"err/{src}", {**model, **measure, **extra, "source": src}, stage=1))
     lm = [("exact", 0)] + [(m, b) for b in p.lm_budgets for m in ("topk", *(p.lm_methods or p.methods))]
+    if p.minilm:
+        lm_models.append(("minilm", {"model": "minilm", "seed": p.seed, "context": p.context}))
     for name, model in lm_models:
         out += [Cell(f"lm/{name}/{m}/k={b}", {**model, "lm_seqs": p.lm_seqs, "method": m, "budget": b}, stage=1)
                 for m, b in lm]
@@ -547,6 +550,8 @@ def _downstream(p: SparsePreset, c: Mapping[str, Any], ctx: CellContext, t0: flo
     from .approx_methods import skip_reason
 
     name, method, budget = c["model"], c["method"], c["budget"]
+    if name == "minilm":
+        return {**embedding_distortion(p, method, budget, ctx.device), "seconds": time.perf_counter() - t0}
     path = _model_dir(ctx.run_path, name, c["seed"])
     if name == "gpt2":
         from .approx_methods import hf_token_batch, load_hf_model
@@ -570,6 +575,37 @@ def _downstream(p: SparsePreset, c: Mapping[str, Any], ctx: CellContext, t0: flo
                          features_per_r=4)
     return {"skipped": "", **evaluate_tokens(model, cfg, ns, method, budget, ctx.device),
             "seconds": time.perf_counter() - t0}
+
+
+def embedding_distortion(p: SparsePreset, method: str, budget: int, device: str = "cpu") -> dict[str, Any]:
+    """MiniLM's downstream cell. It has no LM head: what it outputs is a sentence embedding (the
+    mean of its last hidden states over the tokens, L2-normalized, as sentence-transformers pools
+    it). Per sequence of ``lm_seqs`` corpus windows of ``context`` tokens: 1 - cos(the embedding
+    with ``method`` at ``budget`` in every layer, the exact one), in ``token_loss`` (one value per
+    sequence, so the report pairs it with top-k per sequence) and its mean in ``loss``."""
+    path, why = minilm_path()
+    if path is None:
+        return {"skipped": why}
+    from .va_encoder import _run_model, encoder_batch, load_encoder
+    from .va_eval import _layer_stats
+
+    model = load_encoder(str(path)).to(device)
+    inputs = {k: v.to(device) for k, v in encoder_batch(str(path), batch=p.lm_seqs, length=p.context,
+                                                        seed=p.seed + 1).items()}
+    weight = inputs["attention_mask"].unsqueeze(-1).double()
+
+    def embed(out: Any) -> Tensor:
+        e = (out.last_hidden_state.double() * weight).sum(1) / weight.sum(1)
+        return e / e.norm(dim=-1, keepdim=True)
+
+    with torch.no_grad():
+        exact = embed(model(**inputs))
+    stats: dict[int, list[float]] = {}
+    got = exact if method == "exact" else embed(_run_model(model, inputs, method, budget, stats, 4))
+    dist = (1.0 - (got * exact).sum(-1)).clamp_min(0.0).tolist()
+    return {"skipped": "", "loss": sum(dist) / len(dist), "error_pct": None, "tokens": len(dist),
+            "token_loss": dist, "token_seq": list(range(len(dist))), **_layer_stats(stats),
+            "metric": "1 - cos(sentence embedding)"}
 
 
 def _summarize(p: SparsePreset, results: dict[str, Any]) -> Any:

@@ -224,7 +224,7 @@ def _lm_rows(p: Any, results: dict[str, Any]) -> list[dict]:
     from ..stats import paired_bootstrap
 
     out = []
-    for name in p.models + (["gpt2"] if p.gpt2 else []):
+    for name in p.models + (["gpt2"] if p.gpt2 else []) + (["minilm"] if p.minilm else []):
         exact = results.get(f"lm/{name}/exact/k=0")
         for b in p.lm_budgets:
             topk = results.get(f"lm/{name}/topk/k={b}")
@@ -405,7 +405,8 @@ def report(p: Any, run: RunDir, results: dict[str, Any], summary: dict[str, Any]
            "whole per-query costs (score, select, read) at longer caches. Indicative only.", "",
            markdown_table(timing, ["method", "selector us/query", "summary build us/key", "top-k us/query",
                                    "ratio to top-k", "attend over k rows us/query", "ratio to attending"]), ""]
-    if lm:
+    lms, enc = [r for r in lm if r["model"] != "minilm"], [r for r in lm if r["model"] == "minilm"]
+    if lms:
         md += ["## Downstream: every layer uses the method", "",
                "LM loss (nats/token) and error % on held-out text; dloss vs top-k at the same k, paired per "
                "token, 95% CI clustered by sequence.", "",
@@ -415,9 +416,20 @@ def report(p: Any, run: RunDir, results: dict[str, Any], summary: dict[str, Any]
                                 "dloss vs topk [CI]": (f"{_fmt(r['dloss_vs_topk'], '.4f')} "
                                                        f"[{_fmt(r['dloss_ci_low'], '.4f')}, "
                                                        f"{_fmt(r['dloss_ci_high'], '.4f')}]")
-                                if "dloss_vs_topk" in r else "", "skipped": r["skipped"]} for r in lm],
+                                if "dloss_vs_topk" in r else "", "skipped": r["skipped"]} for r in lms],
                               ["model", "method", "k", "loss", "exact loss", "error %", "dloss vs topk [CI]",
                                "skipped"]), ""]
+    if enc:
+        md += ["## Downstream on all-MiniLM-L6-v2: sentence-embedding distortion", "",
+               "MiniLM has no LM head; its output is a sentence embedding (mean-pooled last hidden states, "
+               "L2-normalized). Per held-out sequence: 1 - cos(embedding with the method in every layer, exact "
+               "embedding); Δ vs top-k at the same k, paired per sequence (95% CI).", "",
+               markdown_table([{"method": r["method"], "k": r["budget"], "1 - cos": _fmt(r.get("loss"), ".2e"),
+                                "Δ vs topk [CI]": (f"{_fmt(r['dloss_vs_topk'], '.2e')} "
+                                                   f"[{_fmt(r['dloss_ci_low'], '.2e')}, "
+                                                   f"{_fmt(r['dloss_ci_high'], '.2e')}]")
+                                if "dloss_vs_topk" in r else "", "skipped": r["skipped"]} for r in enc],
+                              ["method", "k", "1 - cos", "Δ vs topk [CI]", "skipped"]), ""]
     md += ["## Plots", "", *_plots(run, rows, p), ""]
     md += ["Files: summary.csv (per source, method, k), layer_records.csv (per layer), equal_bytes.csv, "
            "downstream.csv; run.json holds the preset, seeds, versions and commit."]
