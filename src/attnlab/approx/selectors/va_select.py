@@ -275,10 +275,10 @@ def va_sketch(ctx: Context, **options: object) -> Sketch:
     return Sketch(v.new_zeros(*lead, 1, Dv), eye, means[..., page, :], visp.sum(-1).double() * Dv * ctx.itemsize)
 
 
-def _fit(W: torch.Tensor, b0: torch.Tensor, iters: int | None, exact_slots: int):
-    """Simplex refit of b0 on W (R, k, D_v): exact (active set) up to ``exact_slots`` slots or
+def _fit(W: torch.Tensor, b0: torch.Tensor, iters: int | None):
+    """Simplex refit of b0 on W (R, k, D_v): exact (active set) up to :data:`EXACT_SLOTS` slots or
     when ``iters`` is None, else ``iters`` accelerated projected-gradient steps."""
-    return _refit(W, b0) if iters is None or W.shape[-2] <= exact_slots else _pg_refit(W, b0, iters)
+    return _refit(W, b0) if iters is None or W.shape[-2] <= EXACT_SLOTS else _pg_refit(W, b0, iters)
 
 
 def _greedy_extend(W: torch.Tensor, b0: torch.Tensor, Wc: torch.Tensor, valid: torch.Tensor, steps: int,
@@ -337,7 +337,6 @@ def va_select(ctx: Context, top_k: int, *, design: str = "auto", sketch: str = "
         g = va_select(ctx, top_k, **{**opts, "design": "greedy"}, summary=sk)
         return Picked(used=torch.where(good, g.used, r.used), coef=torch.where(good, g.coef, r.coef),
                       read=torch.where(good, g.read, r.read), summary_bytes=g.summary_bytes, scores_all=True)
-    exact_slots = EXACT_SLOTS
     a, vis = ctx.a, ctx.visible
     crit = ctx.s if ctx.kernel.exponential else a
     k1 = top_k if design == "refit" else max(1, min(top_k, math.ceil(top_k * head_fraction)))
@@ -360,14 +359,12 @@ def va_select(ctx: Context, top_k: int, *, design: str = "auto", sketch: str = "
     rowid = torch.arange(N * H, device=a.device).reshape(N, H, 1, 1).expand(N, H, G, L)[work]
     cw, aw, visw, ow = crit[work], a[work], vis[work], o_hat[work]
     hidx = hidx_all[work]  # (R, k1) (n_visible > k >= k1: every slot visible)
-    V = ctx.v.reshape(N * H, S, Dv)
-    Vh = V[rowid.unsqueeze(-1), hidx]
-    ah = aw.gather(-1, hidx)
+    ah = a_head[work]
     b0 = ah / ah.sum(-1, keepdim=True).clamp_min(torch.finfo(a.dtype).tiny)
-    W = Vh - ow.unsqueeze(1)
+    W = V_head[work] - ow.unsqueeze(1)
     refit_iters = opts["refit_iters"]
     if design == "refit":
-        b, _, _ = _fit(W, b0, refit_iters, exact_slots)
+        b, _, _ = _fit(W, b0, refit_iters)
         idx = hidx
     else:
         pool = visw.clone()
@@ -377,11 +374,12 @@ def va_select(ctx: Context, top_k: int, *, design: str = "auto", sketch: str = "
         valid = cval > -torch.inf
         Wc = sk.rows(rowid, cidx) - ow.unsqueeze(1)
         picks, b = _greedy_extend(W, b0, Wc, valid, top_k - k1, opts["corrective"],
-                                  lambda W_, b_: _fit(W_, b_, refit_iters, exact_slots))
+                                  lambda W_, b_: _fit(W_, b_, refit_iters))
         chosen = cidx.gather(-1, picks)
         idx = torch.cat([hidx, chosen], -1)
+        V = ctx.v.reshape(N * H, S, Dv)
         Wx = V[rowid.unsqueeze(-1), idx] - ow.unsqueeze(1)  # the chosen rows, read exactly
-        b, _, _ = _fit(Wx, b, refit_iters, exact_slots)
+        b, _, _ = _fit(Wx, b, refit_iters)
     rows_used = torch.zeros_like(visw).scatter_(-1, idx, True)
     rows_coef = torch.zeros_like(aw).scatter_(-1, idx, b * A[work])
     used[work] = rows_used
