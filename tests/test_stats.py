@@ -433,3 +433,18 @@ BAD = [
 def test_bad_input_names_the_argument(call, exc, match):
     with pytest.raises(exc, match=match):
         call()
+
+
+def test_ci_verdict_is_the_claims_rule_on_a_bare_interval():
+    from attnlab.stats import Verdict, ci_verdict
+
+    assert ci_verdict(0.51, 0.9, 0.5) is Verdict.SUPPORTED
+    assert ci_verdict(0.1, 0.49, 0.5) is Verdict.NOT_SUPPORTED
+    assert ci_verdict(0.5, 0.9, 0.5) is Verdict.INCONCLUSIVE  # touching the threshold settles nothing
+    assert ci_verdict(-math.inf, math.inf, 0.0) is Verdict.INCONCLUSIVE
+    with pytest.raises(TypeError, match="ci_low must be a number"):
+        ci_verdict("0.1", 0.2, 0.0)
+    with pytest.raises(ValueError, match="threshold must not be NaN"):
+        ci_verdict(0.1, 0.2, math.nan)
+    with pytest.raises(ValueError, match="ci_low must be <= ci_high"):
+        ci_verdict(0.3, 0.2, 0.0)

@@ -35,7 +35,7 @@ from .bootstrap import N_BOOT as N_BOOT
 from .bootstrap import paired_bootstrap, slope_ci
 from .budget import BUDGET_CAP as BUDGET_CAP
 from .budget import budget_to_settle, n_for_half_width
-from .claims import non_inferiority, superiority
+from .claims import ci_verdict, non_inferiority, superiority
 from .distributions import clopper_pearson, t_quantile, wilson
 from .exact import exact_solve_count_test, mcnemar_exact_test
 
@@ -44,6 +44,7 @@ __all__ = [
     "Estimate",
     "Verdict",
     "budget_to_settle",
+    "ci_verdict",
     "clopper_pearson",
     "exact_solve_count_test",
     "mcnemar_exact_test",

@@ -1,7 +1,11 @@
 """Verdict rules: an :class:`Estimate` and a rule give a :class:`ClaimResult`
-(:func:`superiority`, :func:`non_inferiority`)."""
+(:func:`superiority`, :func:`non_inferiority`; :func:`ci_verdict` for a bare interval)."""
 
 from __future__ import annotations
+
+import math
+
+import numpy as np
 
 from ._args import _real
 from ._types import ClaimResult, Estimate, Verdict
@@ -21,13 +25,36 @@ def _claim(estimate: object, claim: object, unit: object) -> tuple[Estimate, str
     return estimate, claim, unit
 
 
+def _rule(ci_low: float, ci_high: float, threshold: float) -> Verdict:
+    if ci_low > threshold:
+        return Verdict.SUPPORTED
+    return Verdict.NOT_SUPPORTED if ci_high < threshold else Verdict.INCONCLUSIVE
+
+
+def ci_verdict(ci_low: float, ci_high: float, threshold: float) -> Verdict:
+    """The three-valued rule of every claim, on a bare confidence interval (for an interval that
+    is not an :class:`Estimate`, e.g. Clopper-Pearson's): supported if ``ci_low > threshold``,
+    not supported if ``ci_high < threshold``, inconclusive otherwise.
+
+    Raises:
+        TypeError: a bound or the threshold that is not a number.
+        ValueError: a NaN, or ``ci_low > ci_high``.
+
+    >>> [ci_verdict(lo, hi, 0.5).value for lo, hi in ((0.6, 0.9), (0.4, 0.9), (0.1, 0.3))]
+    ['supported', 'inconclusive', 'not supported']
+    """
+    for name, value in (("ci_low", ci_low), ("ci_high", ci_high), ("threshold", threshold)):
+        if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+            raise TypeError(f"{name} must be a number, got {type(value).__name__}")
+        if math.isnan(value):
+            raise ValueError(f"{name} must not be NaN")
+    if ci_low > ci_high:
+        raise ValueError(f"ci_low must be <= ci_high, got {ci_low} > {ci_high}")
+    return _rule(float(ci_low), float(ci_high), float(threshold))
+
+
 def _judge(est: Estimate, claim: str, unit: str, threshold: float, rule: str) -> ClaimResult:
-    if est.ci_low > threshold:
-        verdict = Verdict.SUPPORTED
-    elif est.ci_high < threshold:
-        verdict = Verdict.NOT_SUPPORTED
-    else:
-        verdict = Verdict.INCONCLUSIVE
+    verdict = _rule(est.ci_low, est.ci_high, threshold)
     settle_n, hint = None, None
     if verdict is Verdict.INCONCLUSIVE:
         settle_n = budget_to_settle(est.effect, est.ci_low, est.ci_high, est.units, threshold=threshold,

@@ -160,15 +160,6 @@ def _is_model(src: str) -> bool:
     return not src.startswith("synthetic")
 
 
-def _verdict(low: float, high: float, at: float) -> str:
-    """Three-valued, from a 95% CI against ``at``: the rule of :func:`attnlab.stats.superiority`."""
-    from ..stats import Verdict
-
-    if low > at:
-        return Verdict.SUPPORTED.value
-    return (Verdict.NOT_SUPPORTED if high < at else Verdict.INCONCLUSIVE).value
-
-
 def targets(rows: list[dict], eq: list[dict], p: Any) -> list[dict]:
     """Issue 14's three targets with their measured outcome, on the models (trained, MiniLM,
     GPT-2) and, separately, on every source including the synthetic grid.
@@ -183,7 +174,7 @@ def targets(rows: list[dict], eq: list[dict], p: Any) -> list[dict]:
     - best at equal bytes on a majority: the Clopper-Pearson CI of the share of cells won,
       against 1/2.
     """
-    from ..stats import Verdict, clopper_pearson, paired_bootstrap
+    from ..stats import Verdict, ci_verdict, clopper_pearson, paired_bootstrap
 
     out = []
     for scope, keep in (("models", _is_model), ("all sources", lambda s: True)):
@@ -209,14 +200,15 @@ def targets(rows: list[dict], eq: list[dict], p: Any) -> list[dict]:
                "verdict": Verdict.INCONCLUSIVE.value, "ci": ""}  # fewer than two cells: no interval
         if len(gaps) >= 2:
             est = paired_bootstrap(gaps, seed=0, unit="(source, k) cells")
-            row["verdict"], row["ci"] = _verdict(est.ci_low, est.ci_high, 0.5), f"[{est.ci_low:.3f}, {est.ci_high:.3f}]"
+            row["verdict"] = ci_verdict(est.ci_low, est.ci_high, 0.5).value
+            row["ci"] = f"[{est.ci_low:.3f}, {est.ci_high:.3f}]"
         out.append(row)
         cells = [e for e in eq if keep(e["source"]) and 4 <= e["budget"] <= 64]
         best = sum(e["va_select_best"] for e in cells)
         lo, hi = clopper_pearson(best, len(cells)) if cells else (0.0, 1.0)
         out.append({"scope": scope, "target": "best practical method at equal bytes on a majority of cells",
                     "measured": f"{best}/{len(cells)} cells", "met": 2 * best > len(cells),
-                    "verdict": _verdict(lo, hi, 0.5), "ci": f"share {lo:.2f} to {hi:.2f}"})
+                    "verdict": ci_verdict(lo, hi, 0.5).value, "ci": f"share {lo:.2f} to {hi:.2f}"})
     return out
 
 
