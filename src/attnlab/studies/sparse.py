@@ -236,13 +236,6 @@ def cells(p: SparsePreset) -> list[Cell]:
 # measurement
 
 
-def _row_error(o: Tensor, o_hat: Tensor) -> Tensor:
-    """||o - o_hat|| / ||o|| per row (..., L); NaN where ||o|| = 0."""
-    o, o_hat = o.double(), o_hat.double()
-    norm = o.norm(dim=-1)
-    return torch.where(norm > 0, (o - o_hat).norm(dim=-1) / norm.clamp_min(1e-300), math.nan)
-
-
 def _per_seq(err: Tensor) -> list[float]:
     """(B, H, Lq) row errors -> the mean per sequence (NaN rows ignored)."""
     return [float(x) for x in err.reshape(err.shape[0], -1).nanmean(-1)]
@@ -306,6 +299,7 @@ def measure_layer(q: Tensor, k: Tensor, v: Tensor, *, methods: Sequence[str], bu
     """
     from ..approx import oracle_attention
     from ..approx.selectors import SELECTORS, timed_select
+    from ..approx.selectors.compare import _row_error
     from ..functional import attention
     from ..kernels import get_kernel
 

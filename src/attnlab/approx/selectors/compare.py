@@ -7,6 +7,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Mapping
 
+import torch
 from torch import Tensor
 
 from .harness import select
@@ -14,12 +15,16 @@ from .harness import select
 __all__ = ["compare"]
 
 
-def _row_errors(o: Tensor, o_hat: Tensor) -> Tensor:
-    """||o - o_hat|| / ||o|| per row (rows with o = 0 dropped)."""
-    o, o_hat = o.reshape(-1, o.shape[-1]).double(), o_hat.reshape(-1, o.shape[-1]).double()
+def _row_error(o: Tensor, o_hat: Tensor) -> Tensor:
+    """||o - o_hat|| / ||o|| per row (...), in float64; NaN where ||o|| = 0 (no relative error)."""
+    o, o_hat = o.double(), o_hat.double()
     norm = o.norm(dim=-1)
-    keep = norm > 0
-    return (o - o_hat).norm(dim=-1)[keep] / norm[keep]
+    return torch.where(norm > 0, (o - o_hat).norm(dim=-1) / norm.clamp_min(1e-300), math.nan)
+
+
+def _mean_error(o: Tensor, o_hat: Tensor) -> float:
+    """The mean relative row error over the rows with ||o|| > 0."""
+    return float(_row_error(o, o_hat).nanmean())
 
 
 def compare(query: Tensor, key: Tensor, value: Tensor, *, methods: Iterable[str], budgets: Iterable[int],
@@ -51,14 +56,14 @@ def compare(query: Tensor, key: Tensor, value: Tensor, *, methods: Iterable[str]
     for r in budgets:
         topk = select(query, key, value, method="topk", top_k=r, kernel=kernel, is_causal=is_causal,
                       attn_mask=attn_mask)
-        err_topk = float(_row_errors(exact, topk.output[..., rows, :]).mean())
+        err_topk = _mean_error(exact, topk.output[..., rows, :])
         orc = oracle_attention(query, key, value, method=oracle, r=r, kernel=kernel, is_causal=is_causal,
                                attn_mask=attn_mask)
-        err_oracle = float(_row_errors(exact, orc[..., rows, :]).mean())
+        err_oracle = _mean_error(exact, orc[..., rows, :])
         for m in methods:
             sel = select(query, key, value, method=m, top_k=r, kernel=kernel, is_causal=is_causal,
                          attn_mask=attn_mask, seed=seed, **dict(options.get(m, {})))
-            err = float(_row_errors(exact, sel.output[..., rows, :]).mean())
+            err = _mean_error(exact, sel.output[..., rows, :])
             gap = err_topk - err_oracle
             records.append({
                 "method": m, "budget": r, "err": err, "err_topk": err_topk, "err_oracle": err_oracle,
