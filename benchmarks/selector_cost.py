@@ -36,6 +36,7 @@ from attnlab.approx.selectors import SELECTORS
 from attnlab.approx.selectors.harness import _context
 from attnlab.functional import attention
 from attnlab.kernels import get_kernel
+from attnlab.studies.sparse import _attend_rows
 
 
 def median_seconds(fn, repeat: int) -> float:
@@ -47,14 +48,6 @@ def median_seconds(fn, repeat: int) -> float:
         fn()
         times.append(time.perf_counter() - t0)
     return statistics.median(times)
-
-
-def read_rows(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, idx: torch.Tensor, scale: float) -> torch.Tensor:
-    """Attention of q (B, H, 1, D) over the rows ``idx`` (B, H, 1, kk) of k, v (B, H, S, D)."""
-    kg = k.gather(-2, idx.squeeze(-2).unsqueeze(-1).expand(-1, -1, -1, k.shape[-1]))
-    vg = v.gather(-2, idx.squeeze(-2).unsqueeze(-1).expand(-1, -1, -1, v.shape[-1]))
-    s = (q @ kg.transpose(-1, -2)) * scale
-    return torch.softmax(s, -1) @ vg
 
 
 def one_length(a: argparse.Namespace, S: int, kern) -> None:
@@ -82,7 +75,7 @@ def one_length(a: argparse.Namespace, S: int, kern) -> None:
             picked = entry.fn(ctx, b, **opts)
             idx = torch.where(picked.used, picked.coef + 1, 0.0).topk(min(b, S), -1).indices
             idx = idx.reshape(a.batch, a.heads, 1, -1)
-            t_read = median_seconds(partial(read_rows, q, k, v, idx, scale), a.repeat) / n_q
+            t_read = median_seconds(partial(_attend_rows, q, k, v, idx, scale), a.repeat) / n_q
             total = t_score + t_sel + t_read
             base = total if m == "topk" else base
             sk = f"{t_build * 1e6:9.3f}" if opts else f"{'':9}"

@@ -258,21 +258,28 @@ def _visible(q: Tensor, k: Tensor, attn_mask: Tensor | None, is_causal: bool) ->
     return vis.expand(B, H, L, S)
 
 
-def _read_seconds(q: Tensor, k: Tensor, v: Tensor, support: Tensor, scale: float) -> float:
-    """Wall seconds of attending over the gathered rows ``support`` (B, H, Lq, k): gather the k
-    key and value rows, score, softmax, weighted sum (what reading the budget costs)."""
-    idx = support.clamp_min(0)
-    H, Hk = q.shape[1], k.shape[1]
-    if H != Hk:
-        k, v = k.repeat_interleave(H // Hk, 1), v.repeat_interleave(H // Hk, 1)
-    t0 = time.perf_counter()
+def _attend_rows(q: Tensor, k: Tensor, v: Tensor, idx: Tensor, scale: float, valid: Tensor | None = None) -> Tensor:
+    """Softmax attention of q (B, H, Lq, D) over the key/value rows ``idx`` (B, H, Lq, k) of k, v
+    (B, H, S, D): gather the k rows, score, softmax (``valid``: False slots left out), weighted
+    sum. What reading a budget of k rows costs a query."""
     kg = k.unsqueeze(2).expand(*idx.shape[:3], *k.shape[-2:]).gather(-2, idx.unsqueeze(-1).expand(
         *idx.shape, k.shape[-1]))
     vg = v.unsqueeze(2).expand(*idx.shape[:3], *v.shape[-2:]).gather(-2, idx.unsqueeze(-1).expand(
         *idx.shape, v.shape[-1]))
     s = (kg @ q.unsqueeze(-1)).squeeze(-1) * scale
-    s = torch.where(support >= 0, s, -torch.inf)
-    _ = (torch.softmax(s, -1).unsqueeze(-2) @ vg).squeeze(-2)
+    if valid is not None:
+        s = torch.where(valid, s, -torch.inf)
+    return (torch.softmax(s, -1).unsqueeze(-2) @ vg).squeeze(-2)
+
+
+def _read_seconds(q: Tensor, k: Tensor, v: Tensor, support: Tensor, scale: float) -> float:
+    """Wall seconds of :func:`_attend_rows` over the rows ``support`` (B, H, Lq, k; -1 = unused)."""
+    idx = support.clamp_min(0)
+    H, Hk = q.shape[1], k.shape[1]
+    if H != Hk:
+        k, v = k.repeat_interleave(H // Hk, 1), v.repeat_interleave(H // Hk, 1)
+    t0 = time.perf_counter()
+    _attend_rows(q, k, v, idx, scale, support >= 0)
     return time.perf_counter() - t0
 
 
