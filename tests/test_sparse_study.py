@@ -209,6 +209,15 @@ def test_minilm_downstream_is_the_sentence_embedding_distortion(tmp_path):
     assert va4["dloss_vs_topk"] == pytest.approx(va4["loss"] - small["loss"])
 
 
+@pytest.mark.parametrize(("method", "budget", "error", "match"), [
+    ("nope", 4, ValueError, "method must be 'exact' or one of"), ("vatp", 0, ValueError, "budget"),
+    ("vatp", "4", TypeError, "budget")])
+def test_embedding_distortion_checks_its_arguments_before_loading(method, budget, error, match, monkeypatch):
+    monkeypatch.setattr(sparse, "minilm_path", lambda: pytest.fail("the model was looked up before the check"))
+    with pytest.raises(error, match=match):
+        sparse.embedding_distortion(SparsePreset(), method, budget)
+
+
 def test_cli_usage_errors_are_one_line_exit_2(capsys):
     assert sparse.main(["--preset", "nope"]) == 2
     err = capsys.readouterr().err.strip()

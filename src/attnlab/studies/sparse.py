@@ -583,7 +583,19 @@ def embedding_distortion(p: SparsePreset, method: str, budget: int, device: str 
     mean of its last hidden states over the tokens, L2-normalized, as sentence-transformers pools
     it). Per sequence of ``lm_seqs`` corpus windows of ``context`` tokens: 1 - cos(the embedding
     with ``method`` at ``budget`` in every layer, the exact one), in ``token_loss`` (one value per
-    sequence, so the report pairs it with top-k per sequence) and its mean in ``loss``."""
+    sequence, so the report pairs it with top-k per sequence) and its mean in ``loss``.
+
+    Raises:
+        ValueError, TypeError: ``method`` not ``"exact"`` or a registered approximation, or
+            ``budget`` not an int >= 1 (checked before the model is loaded).
+    """
+    from .._checks import check_int
+    from ..approx import available_approximations
+
+    if method != "exact":
+        if method not in available_approximations():
+            raise ValueError(f"method must be 'exact' or one of {available_approximations()}, got {method!r}")
+        check_int("budget", budget, 1)
     path, why = minilm_path()
     if path is None:
         return {"skipped": why}
